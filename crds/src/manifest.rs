@@ -1,0 +1,203 @@
+//! Reading manifests the way the API server admits them: schema, CEL rules,
+//! then the field-flow checks of `semantic.rs`, with the same messages.
+//!
+//! Used by `vigil validate` (offline) and by `vigil local`/`vigil run` to
+//! load the pipeline they execute.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use kube::core::cel::{Validator, apply_defaults};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::Model;
+use crate::pipeline::Pipeline;
+use crate::{schema_check, semantic};
+
+/// A Vigil resource read from a manifest.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    /// A `Pipeline`.
+    Pipeline(Box<Pipeline>),
+    /// A `Model`.
+    Model(Box<Model>),
+}
+
+impl Manifest {
+    /// `Kind/name`, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Manifest::Pipeline(p) => format!("Pipeline/{}", p.metadata.name.as_deref().unwrap_or("")),
+            Manifest::Model(m) => format!("Model/{}", m.metadata.name.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+/// Why a manifest was refused: every problem found, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// `Pipeline`, `Model`, or what the document claimed to be.
+    pub kind: String,
+    /// `metadata.name`, if any.
+    pub name: String,
+    /// One message per problem.
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "The {} {:?} is invalid:", self.kind, self.name)?;
+        if let [only] = self.errors.as_slice() {
+            write!(f, " {only}")
+        } else {
+            for e in &self.errors {
+                write!(f, "\n* {e}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn schema_of<K: CustomResourceExt>(cell: &'static OnceLock<Value>) -> &'static Value {
+    cell.get_or_init(|| {
+        let crd = K::crd();
+        crd.spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null)
+    })
+}
+
+/// Parse every YAML document in `text`. Each document yields a resource or
+/// the reasons it is invalid; a document that is not YAML at all yields one
+/// error for the stream (documents after it cannot be located reliably).
+pub fn parse_all(text: &str) -> Vec<Result<Manifest, Invalid>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        match Value::deserialize(doc) {
+            Ok(Value::Null) => continue,
+            Ok(value) => out.push(from_value(value)),
+            Err(e) => {
+                out.push(Err(Invalid {
+                    kind: "document".into(),
+                    name: String::new(),
+                    errors: vec![format!("not valid YAML: {e}")],
+                }));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Validate one object (already parsed from YAML or JSON) and build the typed
+/// resource.
+pub fn from_value(value: Value) -> Result<Manifest, Invalid> {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let invalid = |errors: Vec<String>| Invalid { kind: kind.clone(), name: name.clone(), errors };
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let expected = format!("{}/{}", crate::GROUP, crate::VERSION);
+    if api_version != expected {
+        return Err(invalid(vec![format!(
+            "apiVersion: Unsupported value: {api_version:?}: supported values: {expected:?}"
+        )]));
+    }
+    static PIPELINE: OnceLock<Value> = OnceLock::new();
+    static MODEL: OnceLock<Value> = OnceLock::new();
+    let schema = match kind.as_str() {
+        "Pipeline" => schema_of::<Pipeline>(&PIPELINE),
+        "Model" => schema_of::<Model>(&MODEL),
+        other => {
+            return Err(invalid(vec![format!(
+                "kind: Unsupported value: {other:?}: supported values: \"Pipeline\", \"Model\""
+            )]));
+        }
+    };
+    let mut errors = Vec::new();
+    check_name(&name, &mut errors);
+    let defaulted = apply_defaults(schema, &value);
+    // The CRD schema describes spec and status; the API server checks the
+    // object's envelope itself (done above for the name), and users do not
+    // write status.
+    let mut spec_only = defaulted.clone();
+    if let Some(obj) = spec_only.as_object_mut() {
+        for key in ["apiVersion", "kind", "metadata", "status"] {
+            obj.remove(key);
+        }
+    }
+    schema_check::check(schema, &spec_only, "", &mut errors);
+    if !errors.is_empty() {
+        // Like the API server, CEL rules run only on a structurally valid object.
+        errors.push("<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into());
+        return Err(invalid(errors));
+    }
+    if let Err(cel_errors) = Validator::new().validate(schema, &spec_only, None) {
+        for e in cel_errors.iter() {
+            errors.push(format!("{}: Invalid value: {}", e.field_path, e.message));
+        }
+        return Err(invalid(errors));
+    }
+    let manifest = match kind.as_str() {
+        "Pipeline" => serde_json::from_value::<Pipeline>(defaulted).map(|p| {
+            errors.extend(semantic::check_pipeline(&p.spec));
+            Manifest::Pipeline(Box::new(p))
+        }),
+        _ => serde_json::from_value::<Model>(defaulted).map(|m| {
+            errors.extend(semantic::check_model(&m.spec));
+            Manifest::Model(Box::new(m))
+        }),
+    }
+    .map_err(|e| invalid(vec![format!("spec: {e}")]))?;
+    if errors.is_empty() { Ok(manifest) } else { Err(invalid(errors)) }
+}
+
+/// `metadata.name` must be a DNS subdomain, as for every Kubernetes object.
+fn check_name(name: &str, errors: &mut Vec<String>) {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if name.is_empty() {
+        errors.push("metadata.name: Required value: name or generateName is required".into());
+    } else if !ok {
+        errors.push(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
+}
+
+/// Read the single Pipeline in `text` (a file with exactly one Pipeline; other
+/// kinds are ignored).
+pub fn single_pipeline(text: &str) -> Result<Pipeline, Invalid> {
+    let mut found = None;
+    for doc in parse_all(text) {
+        match doc? {
+            Manifest::Pipeline(p) if found.is_none() => found = Some(*p),
+            Manifest::Pipeline(p) => {
+                return Err(Invalid {
+                    kind: "Pipeline".into(),
+                    name: p.metadata.name.unwrap_or_default(),
+                    errors: vec!["the file holds more than one Pipeline; pass a file with one".into()],
+                });
+            }
+            Manifest::Model(_) => {}
+        }
+    }
+    found.ok_or_else(|| Invalid {
+        kind: "Pipeline".into(),
+        name: String::new(),
+        errors: vec!["the file holds no Pipeline".into()],
+    })
+}

@@ -1,0 +1,210 @@
+//! The `Pipeline` resource: a stream from an input topic through transforms
+//! and a detector to an output topic, with a dead-letter topic for records
+//! that cannot be processed.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::*;
+use crate::detector::DetectorSpec;
+use crate::transform::Transform;
+
+/// A streaming anomaly-detection pipeline.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "vigil.dev",
+    version = "v1alpha1",
+    kind = "Pipeline",
+    namespaced,
+    status = "PipelineStatus",
+    shortname = "vpl",
+    category = "vigil",
+    doc = "A streaming anomaly-detection pipeline: Kafka input topic, transforms, a detector, output and dead-letter topics.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Runner pods ready"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.consumerLag", description = "Records not yet consumed"),
+    printcolumn(name = "Input", type_ = "string", json_path = ".spec.input.topic.name", priority = 1),
+    printcolumn(name = "Detector", type_ = "string", json_path = ".spec.detector.algorithm", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.output.name != self.input.topic.name").message("spec.output.name must differ from spec.input.topic.name"),
+    validation = Rule::new("self.deadLetter.name != self.input.topic.name && self.deadLetter.name != self.output.name").message("spec.deadLetter.name must differ from the input and output topics")
+)]
+pub struct PipelineSpec {
+    /// Kafka cluster connection. Defaults come from the operator.
+    #[serde(default)]
+    pub kafka: KafkaConnection,
+
+    /// The topic records are read from, and how they are encoded.
+    pub input: InputSpec,
+
+    /// Transforms applied to each record, in order, before scoring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub transforms: Vec<Transform>,
+
+    /// How records are scored.
+    pub detector: DetectorSpec,
+
+    /// The topic scored records are written to (JSON).
+    pub output: TopicSpec,
+
+    /// The topic records that cannot be processed are written to, unchanged,
+    /// with the reason in headers.
+    pub dead_letter: TopicSpec,
+
+    /// Delivery guarantee.
+    #[serde(default)]
+    pub delivery: Delivery,
+
+    /// History volume for scored records; absent keeps no history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// Runner pods. Capped at the input topic's partitions (more would idle).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Compute resources of each runner container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Runner image; the operator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Running or Paused. Paused scales runners to zero and keeps topics
+    /// and committed offsets.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+
+    /// What happens to the topics when this Pipeline is deleted.
+    #[serde(default)]
+    pub topic_deletion_policy: TopicDeletionPolicy,
+
+    /// The runner's HTTP data API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSpec>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The input topic and the encoding of its records.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InputSpec {
+    /// The topic to consume.
+    pub topic: TopicSpec,
+    /// How records are encoded.
+    #[serde(flatten)]
+    pub encoding: RecordEncoding,
+}
+
+/// The runner's data API (publish, results, history, logs).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiSpec {
+    /// A Secret whose `token` key holds the bearer token clients must send.
+    /// Absent: the API is served without authentication (cluster-internal only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretRef>,
+}
+
+/// Where a Pipeline is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PipelinePhase {
+    /// Accepted; nothing provisioned yet.
+    Pending,
+    /// Topics or runners are being created.
+    Provisioning,
+    /// Topics exist and every desired runner is ready.
+    Running,
+    /// Scaled to zero on request.
+    Paused,
+    /// Running with fewer ready runners than desired, or a topic problem.
+    Degraded,
+    /// The spec cannot be realised until it changes (see conditions).
+    Failed,
+    /// Being deleted.
+    Terminating,
+}
+
+/// Which of the pipeline's topics a status entry describes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TopicRole {
+    /// The input topic.
+    Input,
+    /// The output topic.
+    Output,
+    /// The dead-letter topic.
+    DeadLetter,
+}
+
+/// The observed state of one topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Which topic.
+    pub role: TopicRole,
+    /// Topic name.
+    pub name: String,
+    /// Partitions in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// `Ready`, `Pending` or `Error`.
+    pub state: String,
+    /// Why, when not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The observed state of a Pipeline, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Summary of the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PipelinePhase>,
+    /// `TopicsReady`, `RunnersReady`, `ModelReady`, `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Each topic's state in Kafka.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicStatus>,
+    /// Runner pods desired (after the partition cap and pausing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Runner pods ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Records in the input topic not yet committed by the runners' group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_lag: Option<i64>,
+    /// Version of the Model being served, with `detector.modelRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<i64>,
+    /// Hash of the runner configuration the runners were rolled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+impl Pipeline {
+    /// The Kafka consumer group of this pipeline's runners.
+    pub fn consumer_group(namespace: &str, name: &str) -> String {
+        format!("vigil.{namespace}.{name}")
+    }
+}

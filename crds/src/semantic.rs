@@ -1,0 +1,298 @@
+//! Checks the schema cannot express: that every field a transform or the
+//! detector reads is still there when it runs.
+//!
+//! Fields are tracked through the transforms in order. When the input's
+//! fields are known (CSV `columns`), a reference to anything else is an
+//! error; otherwise (JSON, whose fields are open-ended) only references to
+//! fields an earlier step removed (`drop`, `rename`, `select`, a windowed
+//! aggregate) are errors. Run by `vigil validate`, by the runner before it
+//! starts, and by the operator (condition `Ready=False`, reason `InvalidSpec`).
+
+use std::collections::BTreeSet;
+
+use crate::detector::DetectorSpec;
+use crate::model::ModelSpec;
+use crate::pipeline::PipelineSpec;
+use crate::transform::{EncodeMethod, Transform, WindowEmit};
+use crate::RecordEncoding;
+
+/// Names CEL expressions may use that are not record fields.
+const CEL_RESERVED: &[&str] = &[
+    "true", "false", "null", "in", "record", "int", "uint", "double", "string", "bool", "bytes",
+    "list", "map", "type", "duration", "timestamp", "dyn", "math", "has", "size",
+];
+
+/// The fields available at one point in the pipeline.
+#[derive(Debug, Clone)]
+struct Fields {
+    /// `Some` when every field is known; `None` when open-ended.
+    known: Option<BTreeSet<String>>,
+    /// Fields removed by an earlier step, with the step that removed them.
+    removed: Vec<(String, String)>,
+}
+
+impl Fields {
+    fn from_encoding(enc: &RecordEncoding) -> Self {
+        Fields { known: enc.columns.as_ref().map(|c| c.iter().cloned().collect()), removed: Vec::new() }
+    }
+
+    fn check(&self, field: &str, path: &str, errors: &mut Vec<String>) {
+        if let Some((_, by)) = self.removed.iter().rev().find(|(f, _)| f == field) {
+            if self.known.as_ref().is_none_or(|k| !k.contains(field)) {
+                errors.push(format!(
+                    "{path}: Invalid value: \"{field}\": field was removed by {by} and is not produced again"
+                ));
+                return;
+            }
+        }
+        if let Some(known) = &self.known {
+            if !known.contains(field) {
+                let have: Vec<&str> = known.iter().map(String::as_str).collect();
+                errors.push(format!(
+                    "{path}: Invalid value: \"{field}\": no such field at this point (available: {})",
+                    have.join(", ")
+                ));
+            }
+        }
+    }
+
+    fn add(&mut self, field: impl Into<String>) {
+        let field = field.into();
+        self.removed.retain(|(f, _)| *f != field);
+        if let Some(k) = &mut self.known {
+            k.insert(field);
+        }
+    }
+
+    fn remove(&mut self, field: &str, by: &str) {
+        self.removed.push((field.to_string(), by.to_string()));
+        if let Some(k) = &mut self.known {
+            k.remove(field);
+        }
+    }
+
+    /// Replace the whole set (select, window onClose); what was there and is
+    /// not kept counts as removed.
+    fn replace(&mut self, keep: BTreeSet<String>, by: &str) {
+        if let Some(k) = &self.known {
+            for f in k.difference(&keep) {
+                self.removed.push((f.clone(), by.to_string()));
+            }
+        }
+        self.known = Some(keep);
+    }
+}
+
+/// Top-level identifiers a CEL expression reads as record fields: names not
+/// inside string literals, not after a `.`, not called as functions, not
+/// reserved words.
+pub fn expression_fields(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    let mut prev_sig: u8 = b' ';
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'"' || c == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != c {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            prev_sig = c;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let mut j = i;
+            while j < bytes.len() && bytes[j] == b' ' {
+                j += 1;
+            }
+            let is_call = j < bytes.len() && bytes[j] == b'(';
+            let after_dot = prev_sig == b'.';
+            let number_suffix = start > 0 && bytes[start - 1].is_ascii_digit();
+            if !is_call && !after_dot && !number_suffix && !CEL_RESERVED.contains(&word) {
+                out.insert(word.to_string());
+            }
+            prev_sig = b'a';
+            continue;
+        }
+        if !c.is_ascii_whitespace() {
+            prev_sig = c;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Walk `transforms` from the input's fields; returns the fields after the
+/// last one.
+fn walk(transforms: &[Transform], mut fields: Fields, base: &str, errors: &mut Vec<String>) -> Fields {
+    for (i, t) in transforms.iter().enumerate() {
+        let at = format!("{base}[{i}]");
+        match t {
+            Transform::Filter(f) => {
+                for name in expression_fields(&f.expr) {
+                    fields.check(&name, &format!("{at}.filter.expr"), errors);
+                }
+            }
+            Transform::Derive(d) => {
+                for name in expression_fields(&d.expr) {
+                    fields.check(&name, &format!("{at}.derive.expr"), errors);
+                }
+                fields.add(&d.field);
+            }
+            Transform::Select(s) => {
+                for (j, f) in s.fields.iter().enumerate() {
+                    fields.check(f, &format!("{at}.select.fields[{j}]"), errors);
+                }
+                fields.replace(s.fields.iter().cloned().collect(), &format!("{at} (select)"));
+            }
+            Transform::Drop(d) => {
+                for f in &d.fields {
+                    fields.remove(f, &format!("{at} (drop)"));
+                }
+            }
+            Transform::Rename(r) => {
+                for (old, new) in &r.fields {
+                    fields.check(old, &format!("{at}.rename.fields.{old}"), errors);
+                    fields.remove(old, &format!("{at} (rename to {new})"));
+                    fields.add(new);
+                }
+            }
+            Transform::Cast(c) => {
+                for f in c.fields.keys() {
+                    fields.check(f, &format!("{at}.cast.fields.{f}"), errors);
+                }
+            }
+            Transform::Fill(f) => {
+                // Filling is how a missing field comes back; only a field no
+                // step could have produced is suspicious, and that the check
+                // on later readers catches.
+                for f in &f.fields {
+                    fields.add(f);
+                }
+            }
+            Transform::Flatten(_) => {
+                // Nested names become top-level fields whose names depend on
+                // the data.
+                fields.known = None;
+            }
+            Transform::Window(w) => {
+                fields.check(&w.field, &format!("{at}.window.field"), errors);
+                window_durations(w, &at, errors);
+                let outputs = w.aggregates.iter().map(|a| format!("{}_{}", w.field, a.suffix()));
+                match w.emit {
+                    WindowEmit::EachRecord => outputs.for_each(|o| fields.add(o)),
+                    WindowEmit::OnClose => {
+                        let mut keep: BTreeSet<String> = outputs.collect();
+                        keep.insert("window_start".into());
+                        keep.insert("window_end".into());
+                        keep.insert("key".into());
+                        fields.replace(keep, &format!("{at} (window emitting on close)"));
+                    }
+                }
+            }
+            Transform::Diff(l) | Transform::Lag(l) => {
+                let verb = if matches!(t, Transform::Diff(_)) { "diff" } else { "lag" };
+                fields.check(&l.field, &format!("{at}.{verb}.field"), errors);
+                let default = if verb == "diff" {
+                    format!("{}_diff", l.field)
+                } else {
+                    format!("{}_lag{}", l.field, l.periods)
+                };
+                fields.add(l.output.clone().unwrap_or(default));
+            }
+            Transform::Standardize(s) => {
+                for (j, f) in s.fields.iter().enumerate() {
+                    fields.check(f, &format!("{at}.standardize.fields[{j}]"), errors);
+                    fields.add(format!("{f}{}", s.suffix));
+                }
+            }
+            Transform::Encode(e) => {
+                fields.check(&e.field, &format!("{at}.encode.field"), errors);
+                if e.drop_original {
+                    fields.remove(&e.field, &format!("{at} (encode)"));
+                }
+                match e.method {
+                    EncodeMethod::OneHot => {
+                        for c in e.categories.iter().flatten() {
+                            fields.add(format!("{}_{c}", e.field));
+                        }
+                        fields.add(format!("{}_other", e.field));
+                    }
+                    EncodeMethod::Hashing => {
+                        for b in 0..e.buckets {
+                            fields.add(format!("{}_h{b}", e.field));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fields
+}
+
+fn check_detector(det: &DetectorSpec, fields: &Fields, errors: &mut Vec<String>) {
+    for (i, f) in det.features.iter().enumerate() {
+        fields.check(f, &format!("spec.detector.features[{i}]"), errors);
+    }
+}
+
+/// Field-flow errors of a Pipeline spec, in the API server's message style.
+pub fn check_pipeline(spec: &PipelineSpec) -> Vec<String> {
+    let mut errors = Vec::new();
+    let fields = Fields::from_encoding(&spec.input.encoding);
+    let after = walk(&spec.transforms, fields, "spec.transforms", &mut errors);
+    check_detector(&spec.detector, &after, &mut errors);
+    errors
+}
+
+fn window_durations(w: &crate::transform::WindowSpec, at: &str, errors: &mut Vec<String>) {
+    use crate::duration::parse_duration;
+    let (Ok(size), Some(Ok(slide))) = (parse_duration(&w.size), w.slide.as_deref().map(parse_duration)) else {
+        return;
+    };
+    if slide.is_zero() || size.is_zero() || slide > size || size.as_millis() % slide.as_millis() != 0 {
+        errors.push(format!(
+            "{at}.window.slide: Invalid value: \"{}\": must be at most size ({}) and divide it",
+            w.slide.as_deref().unwrap_or_default(),
+            w.size
+        ));
+    }
+}
+
+/// Field-flow errors of a Model spec.
+pub fn check_model(spec: &ModelSpec) -> Vec<String> {
+    let mut errors = Vec::new();
+    let fields = Fields::from_encoding(&spec.training.encoding);
+    let after = walk(&spec.transforms, fields, "spec.transforms", &mut errors);
+    for (i, f) in spec.features.iter().enumerate() {
+        after.check(f, &format!("spec.features[{i}]"), &mut errors);
+    }
+    if let Some(label) = &spec.label {
+        after.check(label, "spec.label", &mut errors);
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expression_fields_skip_strings_functions_and_members() {
+        let f = expression_fields("cpu > 0.5 && host.startsWith('db') && size(tags) > 1 && \"x\" != region");
+        let got: Vec<&str> = f.iter().map(String::as_str).collect();
+        assert_eq!(got, ["cpu", "host", "region", "tags"]);
+    }
+
+    #[test]
+    fn exponent_suffixes_are_not_fields() {
+        assert!(expression_fields("1e9 * 2.5e-3").is_empty());
+    }
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for tests: etcd, kube-apiserver and
+# kube-controller-manager built from their Go modules, on 127.0.0.1 only.
+# There is no kubelet: Pods stay Pending, and tests play the kubelet's part.
+#
+#   k8s.sh build   build and cache the binaries (idempotent; ~5 min cold)
+#   k8s.sh start   generate certificates, start etcd, kube-apiserver and
+#                  kube-controller-manager, wait for /readyz, write a kubeconfig
+#   k8s.sh stop    stop all three
+#   k8s.sh wipe    stop and delete the cluster's data
+#
+# kube-controller-manager runs the garbage collector (owner references), the
+# namespace controller (namespace deletion finishes) and the Deployment and
+# ReplicaSet controllers. VIGIL_K8S_CONTROLLER_MANAGER=0 skips it.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+BIN="$VIGIL_CACHE/bin"
+APISERVER="$BIN/kube-apiserver-$KUBERNETES_VERSION"
+CONTROLLER_MANAGER="$BIN/kube-controller-manager-$KUBERNETES_VERSION"
+ETCD="$BIN/etcd-$ETCD_VERSION"
+DIR="$VIGIL_STATE/k8s"
+PKI="$DIR/pki"
+export GOFLAGS="${GOFLAGS:--mod=mod}"
+
+build() {
+  command -v go >/dev/null || die "go is needed to build kube-apiserver and etcd"
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
+    -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+    -X k8s.io/component-base/version.gitTreeState=clean"
+  local cmd
+  for cmd in kube-apiserver kube-controller-manager; do
+    local out="$BIN/$cmd-$KUBERNETES_VERSION"
+    if [[ ! -x $out ]]; then
+      log "building $cmd $KUBERNETES_VERSION from k8s.io/kubernetes (first time only)"
+      (cd "$E2E_DIR/tools/kube" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$cmd") \
+        && mv "$out.tmp" "$out"
+    fi
+  done
+  if [[ ! -x $ETCD ]]; then
+    log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3 (first time only)"
+    (cd "$E2E_DIR/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$ETCD.tmp" .) && mv "$ETCD.tmp" "$ETCD"
+  fi
+}
+
+# Certificates: a CA, the apiserver's serving certificate for 127.0.0.1 and
+# localhost, an admin client certificate (group system:masters), and the
+# service-account signing key. Generated once per state dir.
+certs() {
+  [[ -f $PKI/admin.crt ]] && return
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=vigil-e2e-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,IP:10.0.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=vigil-e2e-admin" \
+      -keyout admin.key -out admin.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > client.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out admin.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+kubeconfig() {
+  local port=$1 out=$2 cert=$3 key=$4 user=$5
+  cat > "$out" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: vigil-e2e
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $(base64 -w0 < "$PKI/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 < "$cert")
+    client-key-data: $(base64 -w0 < "$key")
+contexts:
+- name: vigil-e2e
+  context: {cluster: vigil-e2e, user: $user}
+current-context: vigil-e2e
+KC
+}
+
+start() {
+  build
+  certs
+  mkdir -p "$DIR/logs"
+  local etcd_port etcd_peer api_port
+  etcd_port=$(cat "$DIR/etcd-port" 2>/dev/null || free_port)
+  etcd_peer=$(cat "$DIR/etcd-peer-port" 2>/dev/null || free_port)
+  api_port=$(cat "$DIR/api-port" 2>/dev/null || echo "${VIGIL_K8S_PORT:-$(free_port)}")
+  echo "$etcd_port" > "$DIR/etcd-port"; echo "$etcd_peer" > "$DIR/etcd-peer-port"; echo "$api_port" > "$DIR/api-port"
+
+  if ! pid_alive "$DIR/etcd.pid"; then
+    log "starting etcd $ETCD_VERSION on 127.0.0.1:$etcd_port"
+    # --unsafe-no-fsync: test data only; fsync dominates latency on shared disks.
+    nohup "$ETCD" --name vigil-e2e --data-dir "$DIR/etcd" \
+      --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+      --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+      --initial-cluster "vigil-e2e=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync \
+      --quota-backend-bytes=4294967296 --log-level=warn \
+      > "$DIR/logs/etcd.log" 2>&1 < /dev/null &
+    echo $! > "$DIR/etcd.pid"
+    wait_for 60 etcd curl -sf "http://127.0.0.1:$etcd_port/health" \
+      || { tail -n 20 "$DIR/logs/etcd.log" >&2; die "etcd did not start (logs: $DIR/logs/etcd.log)"; }
+  fi
+
+  if ! pid_alive "$DIR/apiserver.pid"; then
+    log "starting kube-apiserver $KUBERNETES_VERSION on https://127.0.0.1:$api_port"
+    nohup "$APISERVER" \
+      --etcd-servers="http://127.0.0.1:$etcd_port" \
+      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+      --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+      --client-ca-file="$PKI/ca.crt" \
+      --service-account-issuer=https://kubernetes.default.svc \
+      --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+      --service-cluster-ip-range=10.0.0.0/24 \
+      --authorization-mode=RBAC --allow-privileged=true \
+      --cert-dir="$DIR/cert-dir" \
+      --enable-priority-and-fairness=false \
+      --endpoint-reconciler-type=none \
+      --storage-media-type=application/json \
+      > "$DIR/logs/apiserver.log" 2>&1 < /dev/null &
+    echo $! > "$DIR/apiserver.pid"
+  fi
+  kubeconfig "$api_port" "$DIR/kubeconfig" "$PKI/admin.crt" "$PKI/admin.key" admin
+  wait_for 120 kube-apiserver apiserver_ready \
+    || { tail -n 30 "$DIR/logs/apiserver.log" >&2; die "kube-apiserver did not become ready (logs: $DIR/logs/apiserver.log)"; }
+  pid_alive "$DIR/apiserver.pid" \
+    || { grep -E '^E|error' "$DIR/logs/apiserver.log" | tail -n 5 >&2; die "kube-apiserver exited (logs: $DIR/logs/apiserver.log)"; }
+
+  if [[ ${VIGIL_K8S_CONTROLLER_MANAGER:-1} != 0 ]] && ! pid_alive "$DIR/controller-manager.pid"; then
+    log "starting kube-controller-manager $KUBERNETES_VERSION"
+    nohup "$CONTROLLER_MANAGER" \
+      --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" \
+      --authorization-kubeconfig="$DIR/kubeconfig" \
+      --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+      --controllers=garbagecollector,namespace,deployment,replicaset,serviceaccount \
+      --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+      --use-service-account-credentials=false \
+      > "$DIR/logs/controller-manager.log" 2>&1 < /dev/null &
+    echo $! > "$DIR/controller-manager.pid"
+  fi
+  set_env VIGIL_KUBECONFIG "$DIR/kubeconfig"
+}
+
+# Ready when /readyz answers; gives up at once if the process died.
+apiserver_ready() {
+  pid_alive "$DIR/apiserver.pid" || { log "kube-apiserver exited"; return 0; }
+  kubectl --kubeconfig "$DIR/kubeconfig" get --raw /readyz
+}
+
+stop() {
+  stop_pid "$DIR/controller-manager.pid" kube-controller-manager
+  stop_pid "$DIR/apiserver.pid" kube-apiserver
+  stop_pid "$DIR/etcd.pid" etcd
+}
+
+case "${1:-}" in
+  build) build ;;
+  start) start ;;
+  stop) stop ;;
+  wipe) stop; rm -rf "$DIR" ;;
+  kubeconfig) echo "$DIR/kubeconfig" ;;
+  *) echo "usage: $0 build|start|stop|wipe|kubeconfig" >&2; exit 2 ;;
+esac
