@@ -10,7 +10,9 @@ pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
 
 /// Why a duration string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {input:?}: expected a whole number followed by ms, s, m, h or d (e.g. 30s, 5m, 7d)")]
+#[error(
+    "invalid duration {input:?}: expected a whole number followed by ms, s, m, h or d (e.g. 30s, 5m, 7d)"
+)]
 pub struct DurationError {
     input: String,
 }

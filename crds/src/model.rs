@@ -153,7 +153,12 @@ pub struct Calibration {
     category = "vigil",
     doc = "A model trained with linfa from a topic or a file, versioned and served by Pipelines.",
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
-    printcolumn(name = "Version", type_ = "integer", json_path = ".status.servingVersion", description = "Version served to pipelines"),
+    printcolumn(
+        name = "Version",
+        type_ = "integer",
+        json_path = ".status.servingVersion",
+        description = "Version served to pipelines"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

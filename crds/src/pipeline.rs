@@ -24,8 +24,18 @@ use crate::transform::Transform;
     category = "vigil",
     doc = "A streaming anomaly-detection pipeline: Kafka input topic, transforms, a detector, output and dead-letter topics.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Runner pods ready"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.consumerLag", description = "Records not yet consumed"),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Runner pods ready"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.consumerLag",
+        description = "Records not yet consumed"
+    ),
     printcolumn(name = "Input", type_ = "string", json_path = ".spec.input.topic.name", priority = 1),
     printcolumn(name = "Detector", type_ = "string", json_path = ".spec.detector.algorithm", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")

@@ -40,10 +40,7 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
         if !allowed.contains(value) {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            errors.push(format!(
-                "{path}: Unsupported value: {value}: supported values: {}",
-                list.join(", ")
-            ));
+            errors.push(format!("{path}: Unsupported value: {value}: supported values: {}", list.join(", ")));
             return;
         }
     }
@@ -84,9 +81,7 @@ fn check_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<String>) {
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         if !pattern_matches(pattern, s) {
-            errors.push(format!(
-                "{path}: Invalid value: \"{s}\": {path} in body should match '{pattern}'"
-            ));
+            errors.push(format!("{path}: Invalid value: \"{s}\": {path} in body should match '{pattern}'"));
         }
     }
 }
@@ -129,9 +124,8 @@ fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<Str
     let n = items.len() as u64;
     if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
         if n < min {
-            errors.push(format!(
-                "{path}: Invalid value: {n}: {path} in body should have at least {min} items"
-            ));
+            errors
+                .push(format!("{path}: Invalid value: {n}: {path} in body should have at least {min} items"));
         }
     }
     if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
@@ -146,12 +140,7 @@ fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<Str
     }
 }
 
-fn check_object(
-    schema: &Value,
-    map: &serde_json::Map<String, Value>,
-    path: &str,
-    errors: &mut Vec<String>,
-) {
+fn check_object(schema: &Value, map: &serde_json::Map<String, Value>, path: &str, errors: &mut Vec<String>) {
     let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for key in required.iter().filter_map(Value::as_str) {
@@ -165,16 +154,14 @@ fn check_object(
         let matching = one_of
             .iter()
             .filter(|alt| {
-                alt.get("required").and_then(Value::as_array).is_some_and(|req| {
-                    req.iter().filter_map(Value::as_str).all(|k| map.contains_key(k))
-                })
+                alt.get("required")
+                    .and_then(Value::as_array)
+                    .is_some_and(|req| req.iter().filter_map(Value::as_str).all(|k| map.contains_key(k)))
             })
             .count();
         if matching != 1 {
-            let keys: Vec<&str> = one_of
-                .iter()
-                .filter_map(|alt| alt.get("required")?.as_array()?.first()?.as_str())
-                .collect();
+            let keys: Vec<&str> =
+                one_of.iter().filter_map(|alt| alt.get("required")?.as_array()?.first()?.as_str()).collect();
             errors.push(format!(
                 "{path}: Invalid value: \"object\": must set exactly one of: {}",
                 keys.join(", ")
@@ -183,8 +170,7 @@ fn check_object(
     }
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-    let preserve =
-        schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
     for (key, child) in map {
         let child_path = join(key);
         if let Some(prop) = properties.and_then(|p| p.get(key)) {
@@ -221,7 +207,8 @@ mod tests {
 
     #[test]
     fn reports_missing_required_and_unknown_fields() {
-        let schema = json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}});
+        let schema =
+            json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}});
         let errs = errors(schema, json!({"nmae": "x"}));
         assert!(errs.contains(&"spec.name: Required value".to_string()), "{errs:?}");
         assert!(errs.contains(&"unknown field \"spec.nmae\"".to_string()), "{errs:?}");

@@ -10,16 +10,34 @@
 
 use std::collections::BTreeSet;
 
+use crate::RecordEncoding;
 use crate::detector::DetectorSpec;
 use crate::model::ModelSpec;
 use crate::pipeline::PipelineSpec;
 use crate::transform::{EncodeMethod, Transform, WindowEmit};
-use crate::RecordEncoding;
 
 /// Names CEL expressions may use that are not record fields.
 const CEL_RESERVED: &[&str] = &[
-    "true", "false", "null", "in", "record", "int", "uint", "double", "string", "bool", "bytes",
-    "list", "map", "type", "duration", "timestamp", "dyn", "math", "has", "size",
+    "true",
+    "false",
+    "null",
+    "in",
+    "record",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bool",
+    "bytes",
+    "list",
+    "map",
+    "type",
+    "duration",
+    "timestamp",
+    "dyn",
+    "math",
+    "has",
+    "size",
 ];
 
 /// The fields available at one point in the pipeline.
@@ -254,7 +272,8 @@ pub fn check_pipeline(spec: &PipelineSpec) -> Vec<String> {
 
 fn window_durations(w: &crate::transform::WindowSpec, at: &str, errors: &mut Vec<String>) {
     use crate::duration::parse_duration;
-    let (Ok(size), Some(Ok(slide))) = (parse_duration(&w.size), w.slide.as_deref().map(parse_duration)) else {
+    let (Ok(size), Some(Ok(slide))) = (parse_duration(&w.size), w.slide.as_deref().map(parse_duration))
+    else {
         return;
     };
     if slide.is_zero() || size.is_zero() || slide > size || size.as_millis() % slide.as_millis() != 0 {

@@ -46,9 +46,10 @@ fn every_invalid_fixture_is_refused_naming_its_field() {
     assert!(files.len() >= 10, "expected at least ten invalid fixtures");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
-            panic!("{} must start with '# expect: <text of the error>'", file.display())
-        });
+        let expect =
+            text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
+                panic!("{} must start with '# expect: <text of the error>'", file.display())
+            });
         let results = parse_all(&text);
         let err = match results.as_slice() {
             [Err(e)] => e.to_string(),

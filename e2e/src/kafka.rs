@@ -50,15 +50,16 @@ pub async fn delete_topics(names: &[&str]) -> Result<()> {
 pub fn partitions(name: &str) -> Result<Option<usize>> {
     let consumer: BaseConsumer = config().create()?;
     let md = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
-    Ok(md.topics().iter().find(|t| t.name() == name).and_then(|t| {
-        if t.error().is_some() { None } else { Some(t.partitions().len()) }
-    }))
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == name)
+        .and_then(|t| if t.error().is_some() { None } else { Some(t.partitions().len()) }))
 }
 
 /// The dynamic (non-default) configuration of a topic.
 pub async fn topic_config(name: &str) -> Result<BTreeMap<String, String>> {
-    let results =
-        admin()?.describe_configs(&[ResourceSpecifier::Topic(name)], &AdminOptions::new()).await?;
+    let results = admin()?.describe_configs(&[ResourceSpecifier::Topic(name)], &AdminOptions::new()).await?;
     let resource = results.into_iter().next().context("no describe result")??;
     Ok(resource
         .entries
@@ -124,9 +125,7 @@ pub fn drain(topic: &str, want: usize, timeout: Duration, read_committed: bool) 
                 headers: m
                     .headers()
                     .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
+                        hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
                     })
                     .unwrap_or_default(),
             }),

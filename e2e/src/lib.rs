@@ -36,9 +36,9 @@ fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIGIL_STATE") {
         return dir.into();
     }
-    let cache = std::env::var_os("VIGIL_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vigil")
-    });
+    let cache = std::env::var_os("VIGIL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vigil"));
     cache.join("run")
 }
 
@@ -80,9 +80,10 @@ fn bring_up(what: &str) -> Result<()> {
 }
 
 fn tcp_reachable(addr: &str) -> bool {
-    addr.split(',').next().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).is_some_and(|a| {
-        std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok()
-    })
+    addr.split(',')
+        .next()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
 }
 
 /// The bootstrap address of the real Kafka broker, started if needed.

@@ -1,0 +1,62 @@
+//! `vigil validate FILES...`: check manifests offline with the messages the
+//! API server gives at admission, plus the field-flow checks.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use vigil_crds::manifest::parse_all;
+
+/// Every YAML file named, or found under a named directory.
+pub fn collect(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            entries.sort();
+            let nested: Vec<PathBuf> = entries
+                .into_iter()
+                .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            out.extend(collect(&nested)?);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Validate the files; print one line per resource and every problem.
+/// Returns how many documents were invalid.
+pub fn run(paths: &[PathBuf], out: &mut impl Write) -> anyhow::Result<usize> {
+    let files = collect(paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no manifests found in {paths:?}");
+    }
+    let mut invalid = 0;
+    for file in files {
+        invalid += validate_file(&file, out)?;
+    }
+    Ok(invalid)
+}
+
+fn validate_file(file: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            writeln!(out, "{}: cannot be read: {e}", file.display())?;
+            return Ok(1);
+        }
+    };
+    let mut invalid = 0;
+    for doc in parse_all(&text) {
+        match doc {
+            Ok(m) => writeln!(out, "{}: {} is valid", file.display(), m.describe())?,
+            Err(e) => {
+                invalid += 1;
+                writeln!(out, "{}: {e}", file.display())?;
+            }
+        }
+    }
+    Ok(invalid)
+}
