@@ -13,6 +13,7 @@
 pub mod common;
 pub mod detector;
 pub mod duration;
+pub mod expr;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;

@@ -16,30 +16,6 @@ use crate::model::ModelSpec;
 use crate::pipeline::PipelineSpec;
 use crate::transform::{EncodeMethod, Transform, WindowEmit};
 
-/// Names CEL expressions may use that are not record fields.
-const CEL_RESERVED: &[&str] = &[
-    "true",
-    "false",
-    "null",
-    "in",
-    "record",
-    "int",
-    "uint",
-    "double",
-    "string",
-    "bool",
-    "bytes",
-    "list",
-    "map",
-    "type",
-    "duration",
-    "timestamp",
-    "dyn",
-    "math",
-    "has",
-    "size",
-];
-
 /// The fields available at one point in the pipeline.
 #[derive(Debug, Clone)]
 struct Fields {
@@ -101,50 +77,15 @@ impl Fields {
     }
 }
 
-/// Top-level identifiers a CEL expression reads as record fields: names not
-/// inside string literals, not after a `.`, not called as functions, not
-/// reserved words.
-pub fn expression_fields(expr: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let bytes = expr.as_bytes();
-    let mut i = 0;
-    let mut prev_sig: u8 = b' ';
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'"' || c == b'\'' {
-            i += 1;
-            while i < bytes.len() && bytes[i] != c {
-                i += if bytes[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            prev_sig = c;
-            continue;
+/// The fields an expression reads; a syntax error is reported at `path`.
+fn expression_fields(src: &str, path: &str, errors: &mut Vec<String>) -> BTreeSet<String> {
+    match crate::expr::parse(src) {
+        Ok(e) => e.fields(),
+        Err(e) => {
+            errors.push(format!("{path}: Invalid value: {src:?}: {e}"));
+            BTreeSet::new()
         }
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
-            let word = &expr[start..i];
-            let mut j = i;
-            while j < bytes.len() && bytes[j] == b' ' {
-                j += 1;
-            }
-            let is_call = j < bytes.len() && bytes[j] == b'(';
-            let after_dot = prev_sig == b'.';
-            let number_suffix = start > 0 && bytes[start - 1].is_ascii_digit();
-            if !is_call && !after_dot && !number_suffix && !CEL_RESERVED.contains(&word) {
-                out.insert(word.to_string());
-            }
-            prev_sig = b'a';
-            continue;
-        }
-        if !c.is_ascii_whitespace() {
-            prev_sig = c;
-        }
-        i += 1;
     }
-    out
 }
 
 /// Walk `transforms` from the input's fields; returns the fields after the
@@ -154,13 +95,15 @@ fn walk(transforms: &[Transform], mut fields: Fields, base: &str, errors: &mut V
         let at = format!("{base}[{i}]");
         match t {
             Transform::Filter(f) => {
-                for name in expression_fields(&f.expr) {
-                    fields.check(&name, &format!("{at}.filter.expr"), errors);
+                let path = format!("{at}.filter.expr");
+                for name in expression_fields(&f.expr, &path, errors) {
+                    fields.check(&name, &path, errors);
                 }
             }
             Transform::Derive(d) => {
-                for name in expression_fields(&d.expr) {
-                    fields.check(&name, &format!("{at}.derive.expr"), errors);
+                let path = format!("{at}.derive.expr");
+                for name in expression_fields(&d.expr, &path, errors) {
+                    fields.check(&name, &path, errors);
                 }
                 fields.add(&d.field);
             }
@@ -304,14 +247,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expression_fields_skip_strings_functions_and_members() {
-        let f = expression_fields("cpu > 0.5 && host.startsWith('db') && size(tags) > 1 && \"x\" != region");
-        let got: Vec<&str> = f.iter().map(String::as_str).collect();
-        assert_eq!(got, ["cpu", "host", "region", "tags"]);
-    }
-
-    #[test]
-    fn exponent_suffixes_are_not_fields() {
-        assert!(expression_fields("1e9 * 2.5e-3").is_empty());
+    fn a_syntax_error_names_the_expression_field() {
+        let mut errors = Vec::new();
+        expression_fields("cpu >", "spec.transforms[0].filter.expr", &mut errors);
+        assert_eq!(
+            errors,
+            [
+                "spec.transforms[0].filter.expr: Invalid value: \"cpu >\": column 6: expected a value, found the end of the expression"
+            ]
+        );
     }
 }
