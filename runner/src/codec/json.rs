@@ -1,0 +1,272 @@
+//! JSON in and out. Decoding reads a top-level object straight into a
+//! `Record` (field names interned, numbers kept as numbers); encoding writes
+//! a record back with names pre-quoted.
+
+use std::fmt;
+use std::io::Write;
+
+use serde::Deserializer as _;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+use crate::record::{FieldId, Interner, TooManyFields, Value};
+
+/// Why a JSON record was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON, or not an object.
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+    /// Too many distinct field names.
+    #[error(transparent)]
+    TooManyFields(#[from] TooManyFields),
+}
+
+/// Decode one JSON object into `out` (cleared first).
+pub fn decode(bytes: &[u8], interner: &mut Interner, out: &mut Vec<(FieldId, Value)>) -> Result<(), JsonError> {
+    out.clear();
+    let mut overflow = false;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = RecordSeed { interner, out, overflow: &mut overflow };
+    let res = de.deserialize_map(seed).and_then(|()| de.end());
+    if overflow {
+        return Err(JsonError::TooManyFields(TooManyFields));
+    }
+    res.map_err(|e| JsonError::Syntax(e.to_string()))
+}
+
+struct RecordSeed<'a> {
+    interner: &'a mut Interner,
+    out: &'a mut Vec<(FieldId, Value)>,
+    overflow: &'a mut bool,
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeySeed(self.interner))? {
+            let Some(id) = key else {
+                *self.overflow = true;
+                return Err(de::Error::custom("too many field names"));
+            };
+            let value: Value = map.next_value_seed(ValueSeed)?;
+            // Duplicate names: the last one wins, as in most JSON readers.
+            match self.out.iter_mut().find(|(f, _)| *f == id) {
+                Some(slot) => slot.1 = value,
+                None => self.out.push((id, value)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+struct KeySeed<'a>(&'a mut Interner);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<FieldId>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<FieldId>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.intern(v).ok())
+    }
+}
+
+/// Deserialises any JSON value into a `Value`.
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        if v.is_finite() { Ok(Value::Float(v)) } else { Err(E::custom("number out of range")) }
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v.into_boxed_str()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(v) = seq.next_element_seed(ValueSeed)? {
+            items.push(v);
+        }
+        Ok(Value::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields: Vec<(Box<str>, Value)> = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(ValueSeed)?;
+            fields.push((k.into_boxed_str(), v));
+        }
+        Ok(Value::Map(fields))
+    }
+}
+
+/// Append `value` as JSON.
+pub fn write_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => buf.extend_from_slice(b"null"),
+        Value::Bool(true) => buf.extend_from_slice(b"true"),
+        Value::Bool(false) => buf.extend_from_slice(b"false"),
+        Value::Int(n) => buf.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+        Value::Float(x) => write_f64(buf, *x),
+        Value::Str(s) => write_str(buf, s),
+        Value::List(items) => {
+            buf.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_value(buf, v);
+            }
+            buf.push(b']');
+        }
+        Value::Map(fields) => {
+            buf.push(b'{');
+            for (i, (k, v)) in fields.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_str(buf, k);
+                buf.push(b':');
+                write_value(buf, v);
+            }
+            buf.push(b'}');
+        }
+    }
+}
+
+/// Append a finite double; non-finite values (which records never hold)
+/// become null rather than invalid JSON.
+#[inline]
+pub fn write_f64(buf: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        buf.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+    } else {
+        buf.extend_from_slice(b"null");
+    }
+}
+
+/// Append a JSON string literal.
+#[inline]
+pub fn write_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // serde_json's escaping; writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
+}
+
+/// Append the record's fields as the members of an open JSON object
+/// (no braces); returns whether anything was written.
+pub fn write_fields(buf: &mut Vec<u8>, fields: &[(FieldId, Value)], interner: &Interner) -> bool {
+    for (i, (id, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(interner.quoted(*id));
+        buf.push(b':');
+        write_value(buf, v);
+    }
+    !fields.is_empty()
+}
+
+/// A value as compact JSON text.
+pub fn value_to_string(value: &Value) -> String {
+    let mut buf = Vec::new();
+    write_value(&mut buf, value);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Write a record as one JSON object.
+pub fn write_record(w: &mut impl Write, fields: &[(FieldId, Value)], interner: &Interner) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(128);
+    buf.push(b'{');
+    write_fields(&mut buf, fields, interner);
+    buf.push(b'}');
+    w.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(src: &str) -> String {
+        let mut i = Interner::default();
+        let mut out = Vec::new();
+        decode(src.as_bytes(), &mut i, &mut out).unwrap();
+        let mut buf = Vec::new();
+        write_record(&mut buf, &out, &i).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn numbers_stay_numbers_and_order_is_kept() {
+        assert_eq!(
+            roundtrip(r#"{"b": 1, "a": 2.5, "s": "x\"y", "n": null, "l": [1, {"k": true}]}"#),
+            r#"{"b":1,"a":2.5,"s":"x\"y","n":null,"l":[1,{"k":true}]}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_names_keep_the_last_value() {
+        assert_eq!(roundtrip(r#"{"a": 1, "a": 2}"#), r#"{"a":2}"#);
+    }
+
+    #[test]
+    fn refuses_non_objects_trailing_garbage_and_overflow() {
+        let mut i = Interner::default();
+        let mut out = Vec::new();
+        for bad in ["[1,2]", "42", "{\"a\": 1} x", "{\"a\": ", "{\"a\": 1e999}", "", "\u{feff}{}"] {
+            let err = decode(bad.as_bytes(), &mut i, &mut out).unwrap_err();
+            assert!(matches!(err, JsonError::Syntax(_)), "{bad:?}: {err:?}");
+        }
+    }
+}
