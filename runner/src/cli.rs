@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use vigil_crds::RecordFormat;
 
 /// Vigil: streaming anomaly detection and data transformation.
 #[derive(Parser, Debug)]
@@ -13,9 +15,51 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Record formats on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Format {
+    /// JSON lines.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+impl From<Format> for RecordFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Json => RecordFormat::Json,
+            Format::Csv => RecordFormat::Csv,
+        }
+    }
+}
+
 /// What to do.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a pipeline over a file with no cluster and no broker. Without
+    /// arguments, runs the shipped example (examples/pipelines/cpu-univariate.yaml
+    /// over examples/data/cpu.csv) and prints the anomalies it finds.
+    Local {
+        /// The Pipeline manifest.
+        pipeline: Option<PathBuf>,
+        /// Input: CSV with a header, or JSON lines; `-` reads stdin.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// Input format, when the file name does not say.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Write every scored record here (JSON lines; `-` for stdout).
+        /// Without it, only anomalies are printed.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Write records that could not be processed here (JSON lines with
+        /// stage and reason); without it they are reported on stderr.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// Print every scored record to stdout, not only anomalies.
+        #[arg(long, conflicts_with = "output")]
+        all: bool,
+    },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
     Validate {
@@ -31,6 +75,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let invalid = crate::validate::run(&files, &mut std::io::stdout().lock())?;
             Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Local { pipeline, input, format, output, dead_letter, all } => {
+            let (text, input) = match (&pipeline, input) {
+                (Some(p), input) => {
+                    let text =
+                        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                    if input.is_none() {
+                        anyhow::bail!("--input is required with a pipeline manifest");
+                    }
+                    (text, input)
+                }
+                (None, None) => {
+                    eprintln!(
+                        "No pipeline given: running the shipped example cpu-anomalies over examples/data/cpu.csv."
+                    );
+                    (crate::local::DEFAULT_PIPELINE.to_string(), None)
+                }
+                (None, Some(_)) => {
+                    anyhow::bail!("--input needs a pipeline manifest: vigil local PIPELINE.yaml --input FILE")
+                }
+            };
+            let pipeline = vigil_crds::manifest::single_pipeline(&text)?;
+            let opts =
+                crate::local::Options { input, format: format.map(Into::into), output, dead_letter, all };
+            crate::local::run(&pipeline, &opts)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

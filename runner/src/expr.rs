@@ -135,7 +135,9 @@ fn compile(e: &Expr, interner: &mut Interner) -> Result<Node, String> {
             Lit::Str(s) => Value::Str(s.as_str().into()),
         }),
         Expr::Field(name) => Node::Field(interner.intern(name).map_err(|e| e.to_string())?),
-        Expr::Record => return Err("'record' must be followed by a field: record.name or record[\"name\"]".into()),
+        Expr::Record => {
+            return Err("'record' must be followed by a field: record.name or record[\"name\"]".into());
+        }
         Expr::Member(base, name) if **base == Expr::Record => {
             Node::Field(interner.intern(name).map_err(|e| e.to_string())?)
         }
@@ -151,7 +153,9 @@ fn compile(e: &Expr, interner: &mut Interner) -> Result<Node, String> {
         Expr::Binary(BinOp::Or, a, b) => Node::Or(c(a)?, c(b)?),
         Expr::Binary(op, a, b) => Node::Bin(*op, c(a)?, c(b)?),
         Expr::Cond(x, a, b) => Node::Cond(c(x)?, c(a)?, c(b)?),
-        Expr::List(items) => Node::List(items.iter().map(|i| compile(i, interner)).collect::<Result<_, _>>()?),
+        Expr::List(items) => {
+            Node::List(items.iter().map(|i| compile(i, interner)).collect::<Result<_, _>>()?)
+        }
         Expr::Has(arg) => match &**arg {
             Expr::Field(name) => Node::HasField(interner.intern(name).map_err(|e| e.to_string())?),
             Expr::Member(base, name) if **base == Expr::Record => {
@@ -162,7 +166,10 @@ fn compile(e: &Expr, interner: &mut Interner) -> Result<Node, String> {
         },
         Expr::Call { name, receiver, args } => {
             let Some((_, func, arity)) = FUNCS.iter().find(|(n, _, _)| n == name) else {
-                return Err(format!("unknown function {name}() (available: {})", function_names().join(", ")));
+                return Err(format!(
+                    "unknown function {name}() (available: {})",
+                    function_names().join(", ")
+                ));
             };
             let mut all: Vec<&Expr> = receiver.iter().map(|r| &**r).collect();
             all.extend(args.iter());
@@ -221,11 +228,11 @@ fn eval<'a>(n: &'a Node, rec: &'a Record, interner: &Interner) -> R<'a> {
             let base = eval(a, rec, interner)?;
             let idx = eval(b, rec, interner)?;
             let found = match (base.as_ref(), idx.as_ref()) {
-                (Value::List(items), Value::Int(i)) => {
-                    usize::try_from(*i).ok().and_then(|i| items.get(i)).cloned().ok_or_else(|| {
-                        format!("index {i} out of range for a list of {}", items.len())
-                    })?
-                }
+                (Value::List(items), Value::Int(i)) => usize::try_from(*i)
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .cloned()
+                    .ok_or_else(|| format!("index {i} out of range for a list of {}", items.len()))?,
                 (Value::Map(fields), Value::Str(k)) => fields
                     .iter()
                     .find(|(name, _)| name == k)
@@ -240,7 +247,9 @@ fn eval<'a>(n: &'a Node, rec: &'a Record, interner: &Interner) -> R<'a> {
             other => Err(format!("! needs a boolean, got {}", other.describe())),
         },
         Node::Neg(a) => match eval(a, rec, interner)?.as_ref() {
-            Value::Int(n) => n.checked_neg().map(Value::Int).ok_or_else(|| "integer overflow".to_string()).map(Cow::Owned),
+            Value::Int(n) => {
+                n.checked_neg().map(Value::Int).ok_or_else(|| "integer overflow".to_string()).map(Cow::Owned)
+            }
             Value::Float(x) => owned(Value::Float(-x)),
             other => Err(format!("- needs a number, got {}", other.describe())),
         },
@@ -282,9 +291,9 @@ fn eval<'a>(n: &'a Node, rec: &'a Record, interner: &Interner) -> R<'a> {
             let y = eval(b, rec, interner)?;
             binary(*op, &x, &y).map(Cow::Owned)
         }
-        Node::List(items) => {
-            owned(Value::List(items.iter().map(|i| eval(i, rec, interner).map(Cow::into_owned)).collect::<Result<_, _>>()?))
-        }
+        Node::List(items) => owned(Value::List(
+            items.iter().map(|i| eval(i, rec, interner).map(Cow::into_owned)).collect::<Result<_, _>>()?,
+        )),
         Node::HasField(id) => owned(Value::Bool(rec.get(*id).is_some())),
         Node::HasMember(base, name) => match eval(base, rec, interner)?.as_ref() {
             Value::Map(fields) => owned(Value::Bool(fields.iter().any(|(k, _)| k == name))),
@@ -295,7 +304,8 @@ fn eval<'a>(n: &'a Node, rec: &'a Record, interner: &Interner) -> R<'a> {
             other => Err(format!("matches() needs a string, got {}", other.describe())),
         },
         Node::Call(f, args) => {
-            let vals: Vec<Cow<'a, Value>> = args.iter().map(|a| eval(a, rec, interner)).collect::<Result<_, _>>()?;
+            let vals: Vec<Cow<'a, Value>> =
+                args.iter().map(|a| eval(a, rec, interner)).collect::<Result<_, _>>()?;
             call(*f, &vals).map(Cow::Owned)
         }
     }
@@ -443,7 +453,9 @@ fn call(f: Func, a: &[Cow<'_, Value>]) -> Result<Value, String> {
             let items: Vec<&Value> = match a {
                 [one] => match one.as_ref() {
                     List(l) if !l.is_empty() => l.iter().collect(),
-                    other => return Err(format!("min()/max() need numbers or a list, got {}", other.describe())),
+                    other => {
+                        return Err(format!("min()/max() need numbers or a list, got {}", other.describe()));
+                    }
                 },
                 many => many.iter().map(|v| v.as_ref()).collect(),
             };
@@ -502,7 +514,10 @@ mod tests {
 
     #[test]
     fn strings_lists_nested_and_functions() {
-        assert_eq!(run("host.startsWith('db') && size(host) == 4", r#"{"host": "db-1"}"#), Ok(Value::Bool(true)));
+        assert_eq!(
+            run("host.startsWith('db') && size(host) == 4", r#"{"host": "db-1"}"#),
+            Ok(Value::Bool(true))
+        );
         assert_eq!(run("region in ['eu', 'us']", r#"{"region": "eu"}"#), Ok(Value::Bool(true)));
         assert_eq!(run("m.a.b + m.l[1]", r#"{"m": {"a": {"b": 1}, "l": [5, 6]}}"#), Ok(Value::Int(7)));
         assert_eq!(run("record['odd name'] * 2", r#"{"odd name": 2}"#), Ok(Value::Int(4)));

@@ -2,8 +2,11 @@
 
 pub mod cli;
 pub mod codec;
+pub mod detectors;
+pub mod engine;
 pub mod expr;
 pub mod keyed;
+pub mod local;
 pub mod record;
 pub mod transforms;
 pub mod validate;

@@ -105,7 +105,11 @@ impl Value {
             Value::Float(x) => format!("number {x}"),
             Value::Str(s) => {
                 let short: String = s.chars().take(40).collect();
-                if short.len() < s.len() { format!("string {short:?}...") } else { format!("string {short:?}") }
+                if short.len() < s.len() {
+                    format!("string {short:?}...")
+                } else {
+                    format!("string {short:?}")
+                }
             }
             Value::List(l) => format!("list of {}", l.len()),
             Value::Map(m) => format!("object with {} fields", m.len()),

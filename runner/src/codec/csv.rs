@@ -53,8 +53,11 @@ impl CsvRow {
                 ReadRecordResult::InputEmpty => {
                     if input.is_empty() {
                         // Signal end of input so the last cell is closed.
-                        let (res, _, nout, nend) =
-                            self.reader.read_record(&[], &mut self.cells[out_pos..], &mut self.ends[end_pos..]);
+                        let (res, _, nout, nend) = self.reader.read_record(
+                            &[],
+                            &mut self.cells[out_pos..],
+                            &mut self.ends[end_pos..],
+                        );
                         out_pos += nout;
                         end_pos += nend;
                         if !matches!(res, ReadRecordResult::Record | ReadRecordResult::End) {
@@ -138,7 +141,8 @@ mod tests {
     fn cells_are_typed() {
         let mut row = CsvRow::new(b',');
         let mut out = Vec::new();
-        row.decode(b"2014-07-01 00:00:00,10844,0.5,,true,\"a, b\"\r\n", &[0, 1, 2, 3, 4, 5], "", &mut out).unwrap();
+        row.decode(b"2014-07-01 00:00:00,10844,0.5,,true,\"a, b\"\r\n", &[0, 1, 2, 3, 4, 5], "", &mut out)
+            .unwrap();
         let values: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
         assert_eq!(
             values,

@@ -22,7 +22,11 @@ pub enum JsonError {
 }
 
 /// Decode one JSON object into `out` (cleared first).
-pub fn decode(bytes: &[u8], interner: &mut Interner, out: &mut Vec<(FieldId, Value)>) -> Result<(), JsonError> {
+pub fn decode(
+    bytes: &[u8],
+    interner: &mut Interner,
+    out: &mut Vec<(FieldId, Value)>,
+) -> Result<(), JsonError> {
     out.clear();
     let mut overflow = false;
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -226,7 +230,11 @@ pub fn value_to_string(value: &Value) -> String {
 }
 
 /// Write a record as one JSON object.
-pub fn write_record(w: &mut impl Write, fields: &[(FieldId, Value)], interner: &Interner) -> std::io::Result<()> {
+pub fn write_record(
+    w: &mut impl Write,
+    fields: &[(FieldId, Value)],
+    interner: &Interner,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(128);
     buf.push(b'{');
     write_fields(&mut buf, fields, interner);

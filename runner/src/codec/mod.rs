@@ -38,7 +38,8 @@ impl Decoder {
         columns: Option<&[String]>,
         interner: &mut Interner,
     ) -> Result<Self, TooManyFields> {
-        let names: Vec<String> = columns.map(<[String]>::to_vec).or_else(|| enc.columns.clone()).unwrap_or_default();
+        let names: Vec<String> =
+            columns.map(<[String]>::to_vec).or_else(|| enc.columns.clone()).unwrap_or_default();
         let columns = names.iter().map(|c| interner.intern(c)).collect::<Result<_, _>>()?;
         Ok(Decoder {
             format,
@@ -61,21 +62,31 @@ impl Decoder {
         rec: &mut Record,
     ) -> Result<(), String> {
         if bytes.len() > self.max_bytes {
-            return Err(format!("record is {} bytes, over the limit of {} (maxRecordBytes)", bytes.len(), self.max_bytes));
+            return Err(format!(
+                "record is {} bytes, over the limit of {} (maxRecordBytes)",
+                bytes.len(),
+                self.max_bytes
+            ));
         }
         match self.format {
-            RecordFormat::Json => json::decode(bytes, interner, &mut rec.fields).map_err(|e| e.to_string())?,
+            RecordFormat::Json => {
+                json::decode(bytes, interner, &mut rec.fields).map_err(|e| e.to_string())?
+            }
             RecordFormat::Csv => {
                 if self.columns.is_empty() {
                     return Err("CSV input needs columns (spec.input.columns, or a file header)".into());
                 }
-                self.csv.decode(bytes, &self.columns, &self.column_names, &mut rec.fields).map_err(|e| e.to_string())?
+                self.csv
+                    .decode(bytes, &self.columns, &self.column_names, &mut rec.fields)
+                    .map_err(|e| e.to_string())?
             }
         }
         rec.key = match self.key_field {
             Some(id) => match rec.get(id) {
                 Some(Value::Str(s)) => s.clone(),
-                Some(v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))) => v.to_string().into_boxed_str(),
+                Some(v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))) => {
+                    v.to_string().into_boxed_str()
+                }
                 Some(other) => {
                     return Err(format!(
                         "key field {:?} must be a string or number, found {}",
@@ -113,8 +124,13 @@ mod tests {
         let mut i = Interner::default();
         let mut d = Decoder::new(&enc, RecordFormat::Json, None, &mut i).unwrap();
         let mut r = Record::default();
-        d.decode(br#"{"host": "db-1", "ts": "2026-01-01T00:00:00Z", "cpu": 3}"#, Meta::default(), &mut i, &mut r)
-            .unwrap();
+        d.decode(
+            br#"{"host": "db-1", "ts": "2026-01-01T00:00:00Z", "cpu": 3}"#,
+            Meta::default(),
+            &mut i,
+            &mut r,
+        )
+        .unwrap();
         assert_eq!(&*r.key, "db-1");
         assert_eq!(r.ts_ms, 1_767_225_600_000);
     }
@@ -125,7 +141,9 @@ mod tests {
         let mut i = Interner::default();
         let mut d = Decoder::new(&enc, RecordFormat::Json, None, &mut i).unwrap();
         let mut r = Record::default();
-        let err = |d: &mut Decoder, i: &mut Interner, r: &mut Record, b: &[u8]| d.decode(b, Meta::default(), i, r).unwrap_err();
+        let err = |d: &mut Decoder, i: &mut Interner, r: &mut Record, b: &[u8]| {
+            d.decode(b, Meta::default(), i, r).unwrap_err()
+        };
         assert_eq!(err(&mut d, &mut i, &mut r, br#"{"ts": 1}"#), "key field \"host\" is missing");
         assert_eq!(
             err(&mut d, &mut i, &mut r, br#"{"host": [1], "ts": 1}"#),

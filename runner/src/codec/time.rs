@@ -22,7 +22,11 @@ pub fn parse(value: &Value, format: TimestampFormat) -> Result<i64, String> {
             TimestampFormat::Auto => x,
             _ => return Err(format!("expected a {} timestamp, found a number", name(format))),
         };
-        if ms.is_finite() && ms.abs() < 9.2e18 { Ok(ms.round() as i64) } else { Err("timestamp out of range".into()) }
+        if ms.is_finite() && ms.abs() < 9.2e18 {
+            Ok(ms.round() as i64)
+        } else {
+            Err("timestamp out of range".into())
+        }
     };
     match value {
         Value::Int(n) => from_number(*n as f64),
@@ -37,9 +41,8 @@ pub fn parse(value: &Value, format: TimestampFormat) -> Result<i64, String> {
                 TimestampFormat::Auto => parse_datetime(s)
                     .or_else(|| s.parse::<f64>().ok().and_then(|x| from_number(x).ok()))
                     .ok_or_else(|| format!("unrecognised timestamp {s:?}")),
-                TimestampFormat::Rfc3339 | TimestampFormat::DateTime => {
-                    parse_datetime(s).ok_or_else(|| format!("expected a {} timestamp, found {s:?}", name(format)))
-                }
+                TimestampFormat::Rfc3339 | TimestampFormat::DateTime => parse_datetime(s)
+                    .ok_or_else(|| format!("expected a {} timestamp, found {s:?}", name(format))),
             }
         }
         other => Err(format!("expected a timestamp, found {}", other.describe())),
@@ -150,7 +153,8 @@ mod tests {
             "1969-12-31T23:59:59Z",
         ] {
             let ours = parse_datetime(text).unwrap();
-            let iso = if text.len() == 19 { format!("{}Z", text.replace(' ', "T")) } else { text.to_string() };
+            let iso =
+                if text.len() == 19 { format!("{}Z", text.replace(' ', "T")) } else { text.to_string() };
             let chrono = chrono::DateTime::parse_from_rfc3339(&iso).unwrap().timestamp_millis();
             assert_eq!(ours, chrono, "{text}");
         }
@@ -166,7 +170,10 @@ mod tests {
 
     #[test]
     fn refuses_with_what_was_found() {
-        assert_eq!(parse(&s("yesterday"), TimestampFormat::Auto), Err("unrecognised timestamp \"yesterday\"".into()));
+        assert_eq!(
+            parse(&s("yesterday"), TimestampFormat::Auto),
+            Err("unrecognised timestamp \"yesterday\"".into())
+        );
         assert!(parse(&s("2026-13-01 00:00:00"), TimestampFormat::Auto).is_err());
         assert!(parse(&Value::Int(5), TimestampFormat::Rfc3339).is_err());
         assert!(parse(&Value::Bool(true), TimestampFormat::Auto).unwrap_err().contains("boolean"));

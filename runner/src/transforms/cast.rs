@@ -35,7 +35,9 @@ pub fn cast(v: &Value, to: CastType) -> Result<Value, String> {
             let t = s.trim();
             t.parse::<i64>()
                 .ok()
-                .or_else(|| t.parse::<f64>().ok().filter(|x| x.fract() == 0.0 && x.abs() < 9.2e18).map(|x| x as i64))
+                .or_else(|| {
+                    t.parse::<f64>().ok().filter(|x| x.fract() == 0.0 && x.abs() < 9.2e18).map(|x| x as i64)
+                })
                 .map(Value::Int)
                 .ok_or_else(fail)?
         }
@@ -90,13 +92,19 @@ mod tests {
         assert_eq!(cast(&Value::Str("7".into()), CastType::Integer), Ok(Value::Int(7)));
         assert_eq!(cast(&Value::Int(7), CastType::String), Ok(Value::Str("7".into())));
         assert_eq!(cast(&Value::Str("yes".into()), CastType::Boolean), Ok(Value::Bool(true)));
-        assert_eq!(cast(&Value::Str("2026-01-01T00:00:00Z".into()), CastType::Timestamp), Ok(Value::Int(1_767_225_600_000)));
+        assert_eq!(
+            cast(&Value::Str("2026-01-01T00:00:00Z".into()), CastType::Timestamp),
+            Ok(Value::Int(1_767_225_600_000))
+        );
         assert_eq!(cast(&Value::Null, CastType::Float), Ok(Value::Null));
     }
 
     #[test]
     fn refuses_what_does_not_convert() {
-        assert_eq!(cast(&Value::Float(2.5), CastType::Integer), Err("cannot convert number 2.5 to integer".into()));
+        assert_eq!(
+            cast(&Value::Float(2.5), CastType::Integer),
+            Err("cannot convert number 2.5 to integer".into())
+        );
         assert!(cast(&Value::Str("NaN".into()), CastType::Float).is_err());
         assert!(cast(&Value::Str("maybe".into()), CastType::Boolean).is_err());
         let out = run("cast: {fields: {v: float}}", &[r#"{"v": "12"}"#, r#"{"v": "twelve"}"#]);

@@ -32,8 +32,14 @@ mod tests {
 
     #[test]
     fn adds_or_overwrites_a_field() {
-        let out = ok(run("derive: {field: ratio, expr: \"a / b\"}", &[r#"{"a": 1.0, "b": 4}"#, r#"{"a": 3, "b": 1, "ratio": 9}"#]));
+        let out = ok(run(
+            "derive: {field: ratio, expr: \"a / b\"}",
+            &[r#"{"a": 1.0, "b": 4}"#, r#"{"a": 3, "b": 1, "ratio": 9}"#],
+        ));
         assert_eq!(out, [r#"{"a":1.0,"b":4,"ratio":0.25}"#, r#"{"a":3,"b":1,"ratio":3}"#]);
-        assert_eq!(run("derive: {field: r, expr: \"a / b\"}", &[r#"{"a": 1, "b": 0}"#])[0], Err("division by zero".into()));
+        assert_eq!(
+            run("derive: {field: r, expr: \"a / b\"}", &[r#"{"a": 1, "b": 0}"#])[0],
+            Err("division by zero".into())
+        );
     }
 }

@@ -46,7 +46,9 @@ impl Transform for Diff {
     fn apply(&mut self, mut rec: Record, ctx: &mut Ctx<'_>, out: &mut Vec<Record>) -> Result<(), String> {
         let name = || ctx.interner.name(self.field).to_string();
         let x = match rec.get(self.field) {
-            Some(v) => v.as_f64().ok_or_else(|| format!("field {:?} is not a number: {}", name(), v.describe()))?,
+            Some(v) => {
+                v.as_f64().ok_or_else(|| format!("field {:?} is not a number: {}", name(), v.describe()))?
+            }
             None => return Err(format!("field {:?} is missing", name())),
         };
         let periods = self.periods;
@@ -73,9 +75,22 @@ mod tests {
 
     #[test]
     fn differences_and_lags_per_key() {
-        let inputs = [r#"{"v": 1, "_key": "a"}"#, r#"{"v": 10, "_key": "b"}"#, r#"{"v": 4, "_key": "a"}"#, r#"{"v": 9, "_key": "a"}"#];
+        let inputs = [
+            r#"{"v": 1, "_key": "a"}"#,
+            r#"{"v": 10, "_key": "b"}"#,
+            r#"{"v": 4, "_key": "a"}"#,
+            r#"{"v": 9, "_key": "a"}"#,
+        ];
         let d = ok(run("diff: {field: v}", &inputs));
-        assert_eq!(d, [r#"{"v":1,"v_diff":null}"#, r#"{"v":10,"v_diff":null}"#, r#"{"v":4,"v_diff":3.0}"#, r#"{"v":9,"v_diff":5.0}"#]);
+        assert_eq!(
+            d,
+            [
+                r#"{"v":1,"v_diff":null}"#,
+                r#"{"v":10,"v_diff":null}"#,
+                r#"{"v":4,"v_diff":3.0}"#,
+                r#"{"v":9,"v_diff":5.0}"#
+            ]
+        );
         let l = ok(run("lag: {field: v, periods: 2, output: before}", &inputs));
         assert_eq!(l[3], r#"{"v":9,"before":1.0}"#);
     }

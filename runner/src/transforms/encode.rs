@@ -26,7 +26,9 @@ impl Encode {
             .map(|c| Ok((c.clone(), field(ctx, &format!("{f}_{c}"))?)))
             .collect::<Result<_, String>>()?;
         let buckets = match spec.method {
-            EncodeMethod::Hashing => (0..spec.buckets).map(|b| field(ctx, &format!("{f}_h{b}"))).collect::<Result<_, _>>()?,
+            EncodeMethod::Hashing => {
+                (0..spec.buckets).map(|b| field(ctx, &format!("{f}_h{b}"))).collect::<Result<_, _>>()?
+            }
             EncodeMethod::OneHot => Vec::new(),
         };
         Ok(Encode {
@@ -51,7 +53,11 @@ impl Transform for Encode {
             Some(Value::Str(s)) => s.to_string(),
             Some(v @ (Value::Int(_) | Value::Bool(_))) => v.to_string(),
             Some(other) => {
-                return Err(format!("field {:?} is not a category: {}", ctx.interner.name(self.field), other.describe()));
+                return Err(format!(
+                    "field {:?} is not a category: {}",
+                    ctx.interner.name(self.field),
+                    other.describe()
+                ));
             }
             None => return Err(format!("field {:?} is missing", ctx.interner.name(self.field))),
         };
@@ -86,13 +92,19 @@ mod tests {
 
     #[test]
     fn one_hot_with_an_other_column() {
-        let out = ok(run("encode: {field: r, categories: [eu, us]}", &[r#"{"r": "us"}"#, r#"{"r": "ap", "x": 1}"#]));
+        let out = ok(run(
+            "encode: {field: r, categories: [eu, us]}",
+            &[r#"{"r": "us"}"#, r#"{"r": "ap", "x": 1}"#],
+        ));
         assert_eq!(out, [r#"{"r_eu":0,"r_us":1,"r_other":0}"#, r#"{"x":1,"r_eu":0,"r_us":0,"r_other":1}"#]);
     }
 
     #[test]
     fn hashing_is_stable() {
-        let out = ok(run("encode: {field: r, method: hashing, buckets: 4, dropOriginal: false}", &[r#"{"r": "eu"}"#, r#"{"r": "eu"}"#]));
+        let out = ok(run(
+            "encode: {field: r, method: hashing, buckets: 4, dropOriginal: false}",
+            &[r#"{"r": "eu"}"#, r#"{"r": "eu"}"#],
+        ));
         assert_eq!(out[0], out[1]);
         assert_eq!(out[0].matches(":1").count(), 1, "exactly one bucket set: {}", out[0]);
         // The bucket must not change between releases: FNV-1a("eu") is fixed.

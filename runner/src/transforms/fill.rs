@@ -50,7 +50,11 @@ impl Transform for Fill {
                     let filled = match self.strategy {
                         FillStrategy::Value => Value::Float(self.value),
                         FillStrategy::Previous => s.last.clone().ok_or_else(|| {
-                            format!("field {:?} is missing and key {:?} has no earlier value to fill from", ctx.interner.name(*id), rec.key)
+                            format!(
+                                "field {:?} is missing and key {:?} has no earlier value to fill from",
+                                ctx.interner.name(*id),
+                                rec.key
+                            )
                         })?,
                         FillStrategy::Mean if s.n > 0 => Value::Float(s.sum / s.n as f64),
                         FillStrategy::Mean => {
@@ -76,12 +80,21 @@ mod tests {
 
     #[test]
     fn fills_with_a_constant() {
-        assert_eq!(ok(run("fill: {fields: [v], value: 0}", &[r#"{"v": null}"#, r#"{}"#])), [r#"{"v":0.0}"#, r#"{"v":0.0}"#]);
+        assert_eq!(
+            ok(run("fill: {fields: [v], value: 0}", &[r#"{"v": null}"#, r#"{}"#])),
+            [r#"{"v":0.0}"#, r#"{"v":0.0}"#]
+        );
     }
 
     #[test]
     fn fills_from_the_same_keys_history() {
-        let inputs = [r#"{"v": 1, "_key": "a"}"#, r#"{"v": 5, "_key": "b"}"#, r#"{"_key": "a"}"#, r#"{"v": 3, "_key": "a"}"#, r#"{"_key": "a"}"#];
+        let inputs = [
+            r#"{"v": 1, "_key": "a"}"#,
+            r#"{"v": 5, "_key": "b"}"#,
+            r#"{"_key": "a"}"#,
+            r#"{"v": 3, "_key": "a"}"#,
+            r#"{"_key": "a"}"#,
+        ];
         assert_eq!(ok(run("fill: {fields: [v], strategy: previous}", &inputs))[2], r#"{"v":1}"#);
         let mean = ok(run("fill: {fields: [v], strategy: mean}", &inputs));
         assert_eq!(mean[2], r#"{"v":1.0}"#);
@@ -91,6 +104,9 @@ mod tests {
     #[test]
     fn a_key_without_history_cannot_be_filled() {
         let out = run("fill: {fields: [v], strategy: previous}", &[r#"{"w": 1}"#]);
-        assert_eq!(out[0], Err("field \"v\" is missing and key \"k\" has no earlier value to fill from".into()));
+        assert_eq!(
+            out[0],
+            Err("field \"v\" is missing and key \"k\" has no earlier value to fill from".into())
+        );
     }
 }

@@ -33,12 +33,24 @@ mod tests {
     fn keeps_matching_records_and_rejects_bad_ones() {
         let out = run(
             "filter: {expr: \"cpu >= 0.5 && host.startsWith('db')\"}",
-            &[r#"{"cpu": 0.7, "host": "db1"}"#, r#"{"cpu": 0.1, "host": "db1"}"#, r#"{"host": "db1"}"#, r#"{"cpu": 1, "host": "web"}"#],
+            &[
+                r#"{"cpu": 0.7, "host": "db1"}"#,
+                r#"{"cpu": 0.1, "host": "db1"}"#,
+                r#"{"host": "db1"}"#,
+                r#"{"cpu": 1, "host": "web"}"#,
+            ],
         );
         assert_eq!(out[0], Ok(r#"{"cpu":0.7,"host":"db1"}"#.to_string()));
-        assert_eq!(out[1], Err("no such field: cpu".to_string()), "the 0.1 record is dropped, the third errors");
+        assert_eq!(
+            out[1],
+            Err("no such field: cpu".to_string()),
+            "the 0.1 record is dropped, the third errors"
+        );
         assert_eq!(out.len(), 2);
         assert!(ok(run("filter: {expr: \"x\"}", &[r#"{"x": true}"#])).len() == 1);
-        assert_eq!(run("filter: {expr: \"x\"}", &[r#"{"x": 1}"#])[0], Err("expression must be true or false, got integer 1".into()));
+        assert_eq!(
+            run("filter: {expr: \"x\"}", &[r#"{"x": 1}"#])[0],
+            Err("expression must be true or false, got integer 1".into())
+        );
     }
 }

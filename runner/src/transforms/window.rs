@@ -95,7 +95,10 @@ impl Window {
     pub fn new(spec: &WindowSpec, ctx: &mut BuildCtx<'_>) -> Result<Self, String> {
         let ms = |s: &str| -> Result<i64, String> {
             let d = parse_duration(s).map_err(|e| e.to_string())?;
-            i64::try_from(d.as_millis()).ok().filter(|m| *m > 0).ok_or_else(|| format!("window duration {s} must be positive"))
+            i64::try_from(d.as_millis())
+                .ok()
+                .filter(|m| *m > 0)
+                .ok_or_else(|| format!("window duration {s} must be positive"))
         };
         let size = ms(&spec.size)?;
         let slide = spec.slide.as_deref().map(ms).transpose()?.unwrap_or(size);
@@ -141,7 +144,11 @@ impl Transform for Window {
                 Some(x) => Some(x),
                 None if !self.numeric => None,
                 None => {
-                    return Err(format!("window field {:?} is not a number: {}", ctx.interner.name(self.field), v.describe()));
+                    return Err(format!(
+                        "window field {:?} is not a number: {}",
+                        ctx.interner.name(self.field),
+                        v.describe()
+                    ));
                 }
             },
             None if !self.numeric => None,
@@ -220,24 +227,36 @@ mod tests {
 
     #[test]
     fn tumbling_windows_emit_when_the_next_window_starts_and_at_the_end() {
-        let inputs: Vec<String> = [(0, 1.0), (400, 3.0), (999, 5.0), (1000, 10.0), (2500, 7.0)].iter().map(|(t, v)| at(*t, *v)).collect();
+        let inputs: Vec<String> = [(0, 1.0), (400, 3.0), (999, 5.0), (1000, 10.0), (2500, 7.0)]
+            .iter()
+            .map(|(t, v)| at(*t, *v))
+            .collect();
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let out = ok(run("window: {field: v, size: 1s, aggregates: [count, mean, min, max, std, sum, rate]}", &refs));
+        let out = ok(run(
+            "window: {field: v, size: 1s, aggregates: [count, mean, min, max, std, sum, rate]}",
+            &refs,
+        ));
         assert_eq!(out.len(), 3);
         assert_eq!(
             out[0],
             r#"{"key":"k","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:00:01.000Z","v_count":3,"v_mean":3.0,"v_min":1.0,"v_max":5.0,"v_std":1.6329931618554518,"v_sum":9.0,"v_rate":3.0}"#
         );
         assert!(out[1].contains(r#""v_count":1,"v_mean":10.0"#), "{}", out[1]);
-        assert!(out[2].contains(r#""window_start":"1970-01-01T00:00:02.000Z""#), "flushed at end: {}", out[2]);
+        assert!(
+            out[2].contains(r#""window_start":"1970-01-01T00:00:02.000Z""#),
+            "flushed at end: {}",
+            out[2]
+        );
     }
 
     #[test]
     fn sliding_windows_overlap() {
-        let inputs: Vec<String> = [(0, 1.0), (500, 2.0), (1000, 3.0), (1500, 4.0)].iter().map(|(t, v)| at(*t, *v)).collect();
+        let inputs: Vec<String> =
+            [(0, 1.0), (500, 2.0), (1000, 3.0), (1500, 4.0)].iter().map(|(t, v)| at(*t, *v)).collect();
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let out = ok(run("window: {field: v, size: 1s, slide: 500ms, aggregates: [sum]}", &refs));
-        let sums: Vec<&str> = out.iter().map(|o| o.split("\"v_sum\":").nth(1).unwrap().trim_end_matches('}')).collect();
+        let sums: Vec<&str> =
+            out.iter().map(|o| o.split("\"v_sum\":").nth(1).unwrap().trim_end_matches('}')).collect();
         // Windows starting at -0.5s, 0, 0.5s, 1s, 1.5s.
         assert_eq!(sums, ["1.0", "3.0", "5.0", "7.0", "4.0"]);
     }
@@ -250,7 +269,8 @@ mod tests {
 
     #[test]
     fn each_record_carries_its_trailing_window() {
-        let inputs: Vec<String> = [(0, 1.0), (500, 3.0), (1200, 5.0)].iter().map(|(t, v)| at(*t, *v)).collect();
+        let inputs: Vec<String> =
+            [(0, 1.0), (500, 3.0), (1200, 5.0)].iter().map(|(t, v)| at(*t, *v)).collect();
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let out = ok(run("window: {field: v, size: 1s, aggregates: [mean, count], emit: eachRecord}", &refs));
         assert_eq!(out[2], r#"{"v":5.0,"v_mean":4.0,"v_count":2}"#);

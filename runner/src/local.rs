@@ -1,0 +1,232 @@
+//! `vigil local`: run a pipeline over a file (or stdin) with no cluster and
+//! no broker. Scored records go to `--output` (JSON lines), dead letters to
+//! `--dead-letter` (JSON lines with stage and reason), a progress bar to the
+//! terminal, a summary at the end.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use vigil_crds::{Pipeline, RecordFormat};
+
+use crate::codec::Meta;
+use crate::codec::json::write_str;
+use crate::engine::{Counts, Engine, Event};
+
+/// The example run when `vigil local` is given no pipeline.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../examples/pipelines/cpu-univariate.yaml");
+/// Its data.
+pub const DEFAULT_DATA: &str = include_str!("../../examples/data/cpu.csv");
+
+/// What to read and where to write.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Input file; `None` reads the embedded example data; `-` is stdin.
+    pub input: Option<PathBuf>,
+    /// `json` or `csv`; by default from the file's extension.
+    pub format: Option<RecordFormat>,
+    /// Write every scored record here (JSON lines); `-` is stdout.
+    pub output: Option<PathBuf>,
+    /// Write dead letters here (JSON lines).
+    pub dead_letter: Option<PathBuf>,
+    /// With no `output`, print every record to stdout, not only anomalies.
+    pub all: bool,
+}
+
+/// The outcome of a local run.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// What the engine counted.
+    pub counts: Counts,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Records per second over the whole run.
+    pub fn throughput(&self) -> f64 {
+        self.counts.records_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn format_of(path: Option<&Path>, explicit: Option<RecordFormat>) -> Result<RecordFormat> {
+    if let Some(f) = explicit {
+        return Ok(f);
+    }
+    let ext = path.and_then(|p| p.extension()).and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" => Ok(RecordFormat::Csv),
+        "json" | "jsonl" | "ndjson" => Ok(RecordFormat::Json),
+        "" if path.is_none() => Ok(RecordFormat::Csv),
+        _ => bail!(
+            "cannot tell the format of {}: name it .csv or .jsonl, or pass --format",
+            path.map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+    }
+}
+
+fn writer(path: &Path) -> Result<Box<dyn Write>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufWriter::new(std::io::stdout().lock())));
+    }
+    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
+}
+
+/// Run `pipeline` as the options say; the summary is also printed to stderr.
+pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
+    let format = format_of(opts.input.as_deref(), opts.format)?;
+    let (reader, size): (Box<dyn BufRead>, Option<u64>) = match opts.input.as_deref() {
+        None => (Box::new(DEFAULT_DATA.as_bytes()), Some(DEFAULT_DATA.len() as u64)),
+        Some(p) if p == Path::new("-") => (Box::new(BufReader::new(std::io::stdin().lock())), None),
+        Some(p) => {
+            let f = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let size = f.metadata().ok().map(|m| m.len());
+            (Box::new(BufReader::with_capacity(1 << 16, f)), size)
+        }
+    };
+    let out: Box<dyn Write> = match &opts.output {
+        Some(p) => writer(p)?,
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let only_anomalies = opts.output.is_none() && !opts.all;
+    let dead: Option<Box<dyn Write>> = opts.dead_letter.as_deref().map(writer).transpose()?;
+    let progress = progress_bar(size);
+    let started = Instant::now();
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+
+    let mut lines = reader.split(b'\n');
+    let mut columns = None;
+    if format == RecordFormat::Csv {
+        let header = lines.next().transpose()?.unwrap_or_default();
+        let cells = crate::codec::csv::CsvRow::new(pipeline.spec.input.encoding.delimiter_byte())
+            .split(&header)
+            .map_err(|e| anyhow::anyhow!("the CSV header: {e}"))?
+            .iter()
+            .map(|c| c.trim().to_string())
+            .collect::<Vec<_>>();
+        if cells.is_empty() || cells.iter().all(String::is_empty) {
+            bail!("the CSV input has no header row naming its columns");
+        }
+        progress.inc(header.len() as u64 + 1);
+        columns = Some(cells);
+    }
+    let mut engine = Engine::new(&pipeline.spec, Some(format), columns.as_deref())
+        .map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
+
+    let mut sinks = Sinks { out, dead, only_anomalies, error: None };
+    let mut line_no = if columns.is_some() { 1 } else { 0 };
+    for line in lines {
+        let line = line?;
+        line_no += 1;
+        progress.inc(line.len() as u64 + 1);
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
+        if trimmed.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        engine.process(trimmed, Meta { key: None, ts_ms: now }, &mut |ev| {
+            sinks.handle(ev, line_no, trimmed, &progress)
+        });
+        if let Some(e) = sinks.error.take() {
+            // A closed pipe (`vigil local | head`) ends the run quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e).context("writing output");
+        }
+    }
+    engine.flush(&mut |ev| sinks.handle(ev, line_no, b"", &progress));
+    sinks.finish()?;
+    progress.finish_and_clear();
+    let summary = Summary { counts: engine.counts(), elapsed: started.elapsed() };
+    let det = engine.detector();
+    eprintln!(
+        "{name}: {} records in {:.2} s ({:.0} records/s): {} scored, {} anomalies (detector {}, threshold {}), {} dead-lettered, {} filtered",
+        summary.counts.records_in,
+        summary.elapsed.as_secs_f64(),
+        summary.throughput(),
+        summary.counts.records_out,
+        summary.counts.anomalies,
+        det.name(),
+        det.threshold(),
+        summary.counts.dead_lettered,
+        summary.counts.filtered,
+    );
+    Ok(summary)
+}
+
+/// Where outputs and dead letters go.
+struct Sinks {
+    out: Box<dyn Write>,
+    dead: Option<Box<dyn Write>>,
+    only_anomalies: bool,
+    error: Option<std::io::Error>,
+}
+
+impl Sinks {
+    fn handle(&mut self, ev: Event<'_>, line: u64, raw: &[u8], progress: &ProgressBar) {
+        let res = match ev {
+            Event::Output(o) if !self.only_anomalies || o.is_anomaly => {
+                self.out.write_all(o.json).and_then(|()| self.out.write_all(b"\n"))
+            }
+            Event::Output(_) => Ok(()),
+            Event::Rejected(r) => match self.dead.as_mut() {
+                Some(d) => d.write_all(&dead_letter_line(line, &r.stage, &r.reason, raw)),
+                None => {
+                    progress.suspend(|| eprintln!("line {line}: {}: {}", r.stage, r.reason));
+                    Ok(())
+                }
+            },
+        };
+        if let Err(e) = res {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.out.flush() {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e).context("writing output"),
+            _ => {}
+        }
+        if let Some(d) = self.dead.as_mut() {
+            d.flush().context("writing dead letters")?;
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    let stderr_is_tty = std::io::stderr().is_terminal();
+    match size {
+        Some(n) if stderr_is_tty && n > 1 << 20 => {
+            let pb = ProgressBar::new(n);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:40} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                pb.set_style(style);
+            }
+            pb
+        }
+        None if stderr_is_tty => ProgressBar::new_spinner(),
+        _ => ProgressBar::hidden(),
+    }
+}
+
+/// One dead letter as a JSON line: where, why, and the original text.
+fn dead_letter_line(line: u64, stage: &str, reason: &str, raw: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(raw.len() + 96);
+    buf.extend_from_slice(b"{\"line\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(line).as_bytes());
+    buf.extend_from_slice(b",\"stage\":");
+    write_str(&mut buf, stage);
+    buf.extend_from_slice(b",\"reason\":");
+    write_str(&mut buf, reason);
+    buf.extend_from_slice(b",\"record\":");
+    write_str(&mut buf, &String::from_utf8_lossy(raw));
+    buf.extend_from_slice(b"}\n");
+    buf
+}
