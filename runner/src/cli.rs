@@ -60,6 +60,18 @@ pub enum Command {
         #[arg(long, conflicts_with = "output")]
         all: bool,
     },
+    /// Score a detector on a labelled corpus in the NAB layout (data/**/*.csv
+    /// with timestamp,value; labels/combined_windows.json): NAB standard,
+    /// low-FP and low-FN scores at the tuned threshold and at the pipeline's.
+    Eval {
+        /// The corpus directory (e.g. ../shared/datasets/nab).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// A Pipeline whose detector reads the `value` column; by default
+        /// robustZ with its default parameters.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
     Validate {
@@ -75,6 +87,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let invalid = crate::validate::run(&files, &mut std::io::stdout().lock())?;
             Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Eval { corpus, pipeline } => {
+            let text = match &pipeline {
+                Some(p) => {
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+                None => crate::eval::DEFAULT_PIPELINE.to_string(),
+            };
+            let pipeline = vigil_crds::manifest::single_pipeline(&text)?;
+            let report = crate::eval::run(&pipeline, &corpus)?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Local { pipeline, input, format, output, dead_letter, all } => {
             let (text, input) = match (&pipeline, input) {

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod codec;
 pub mod detectors;
 pub mod engine;
+pub mod eval;
 pub mod expr;
 pub mod keyed;
 pub mod local;
