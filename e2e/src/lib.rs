@@ -101,6 +101,25 @@ pub fn kafka() -> &'static str {
     })
 }
 
+/// Stop the harness broker and start it again on the same port with the
+/// same data (for broker-restart tests; run them in a test binary of their
+/// own, as every other Kafka test of that binary sees the outage). `down`
+/// is how long it stays stopped.
+pub fn restart_kafka(down: Duration) -> Result<()> {
+    kafka();
+    let script = repo_dir().join("e2e/lib/kafka.sh");
+    let run = |arg: &str| -> Result<()> {
+        let out = Command::new(&script).arg(arg).output()?;
+        if !out.status.success() {
+            bail!("kafka.sh {arg} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run("stop")?;
+    std::thread::sleep(down);
+    run("start")
+}
+
 /// The kubeconfig of the real API server, started if needed.
 pub fn kubeconfig() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

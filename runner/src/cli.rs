@@ -72,6 +72,34 @@ pub enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// Run a pipeline against Kafka (what each runner pod does).
+    Run {
+        /// The Pipeline manifest (in a pod: the operator's ConfigMap).
+        #[arg(long, env = "VIGIL_PIPELINE_FILE", default_value = "/etc/vigil/pipeline.yaml")]
+        pipeline: PathBuf,
+        /// Kafka bootstrap servers; overrides spec.kafka.bootstrapServers.
+        #[arg(long, env = "VIGIL_KAFKA_BOOTSTRAP")]
+        bootstrap_servers: Option<String>,
+        /// A directory with one file per Kafka client setting (the mounted
+        /// Secret of spec.kafka.secretRef).
+        #[arg(long, env = "VIGIL_KAFKA_SECRET_DIR")]
+        kafka_secret_dir: Option<PathBuf>,
+        /// Consumer group; default vigil.<namespace>.<name>.
+        #[arg(long, env = "VIGIL_CONSUMER_GROUP")]
+        group: Option<String>,
+        /// Namespace of the Pipeline, when the manifest has none.
+        #[arg(long, env = "VIGIL_NAMESPACE")]
+        namespace: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "VIGIL_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// This instance's name (the pod name), used in the transactional id.
+        #[arg(long, env = "HOSTNAME", default_value = "vigil-runner")]
+        instance: String,
+        /// Most records in one exactly-once transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
     Validate {
@@ -87,6 +115,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let invalid = crate::validate::run(&files, &mut std::io::stdout().lock())?;
             Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Run {
+            pipeline,
+            bootstrap_servers,
+            kafka_secret_dir,
+            group,
+            namespace,
+            listen,
+            instance,
+            batch,
+        } => {
+            crate::logging::init(true);
+            crate::run::run(crate::run::Options {
+                pipeline_file: pipeline,
+                bootstrap: bootstrap_servers,
+                secret_dir: kafka_secret_dir,
+                group,
+                namespace,
+                listen,
+                instance,
+                batch: batch.max(1),
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Eval { corpus, pipeline } => {
             let text = match &pipeline {

@@ -1,0 +1,583 @@
+//! `vigil run`: the in-pod runner. Consumes the input topic in the
+//! pipeline's consumer group (cooperative-sticky), processes each record
+//! with the engine, produces scored records (key, headers and timestamp
+//! kept) to the output topic and rejected ones, unchanged and with the
+//! reason in headers, to the dead-letter topic.
+//!
+//! Delivery: at-least-once stores a partition's offset only once every
+//! output and dead-letter record derived from the records before it is
+//! acknowledged (`offsets.rs`); exactly-once wraps each batch's outputs and
+//! offsets in one Kafka transaction. On revocation and on SIGTERM in-flight
+//! work is flushed and committed before the partitions are let go.
+//!
+//! Processing is single-threaded (one engine, no locks on the hot path
+//! beyond uncontended ones); librdkafka's threads do the network I/O.
+
+pub mod kafka_config;
+pub mod offsets;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+use vigil_crds::{Delivery, Pipeline};
+
+use crate::codec::Meta;
+use crate::engine::{Engine, Event};
+use crate::metrics::{KindLabel, Metrics, PartitionLabel, StageLabel};
+use kafka_config::KafkaSettings;
+use offsets::{Token, Tracker};
+
+/// How `vigil run` was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The Pipeline manifest (the operator's ConfigMap, mounted).
+    pub pipeline_file: PathBuf,
+    /// Overrides `spec.kafka.bootstrapServers`.
+    pub bootstrap: Option<String>,
+    /// A mounted Secret with SASL/TLS settings.
+    pub secret_dir: Option<PathBuf>,
+    /// Consumer group; default `vigil.<namespace>.<name>`.
+    pub group: Option<String>,
+    /// Namespace, when the manifest has none.
+    pub namespace: Option<String>,
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+    /// This instance's name (the pod name), for the transactional id.
+    pub instance: String,
+    /// Most records per exactly-once transaction.
+    pub batch: usize,
+}
+
+/// State shared between the processing loop, the rebalance callback and the
+/// HTTP server.
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// Set on SIGTERM/SIGINT.
+    stop: AtomicBool,
+    /// Set once the consumer has joined its group.
+    ready: AtomicBool,
+    /// Unix seconds of the loop's last turn, for liveness.
+    heartbeat: AtomicU64,
+    state: Mutex<LoopState>,
+    producer: Arc<BaseProducer<ProducerCtx>>,
+    mode: Delivery,
+    input: String,
+    dead_letter: String,
+}
+
+/// What the rebalance callback must be able to finish.
+struct LoopState {
+    tracker: Tracker,
+    /// At-least-once: the offsets stored per partition.
+    stored: HashMap<i32, i64>,
+    /// Exactly-once: next offset per partition consumed in the open transaction.
+    txn_offsets: HashMap<i32, i64>,
+    txn_open: bool,
+    /// Set when a failure means the runner must stop without committing.
+    fatal: Option<String>,
+}
+
+fn lock(m: &Mutex<LoopState>) -> MutexGuard<'_, LoopState> {
+    // A panic while holding the lock ends the process anyway; keep going
+    // with the data rather than panic twice.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Delivery reports collected by the producer's callback.
+#[derive(Default)]
+struct ProducerCtx {
+    reports: Mutex<Vec<Report>>,
+}
+
+struct Report {
+    token: Token,
+    failure: Option<Failure>,
+}
+
+struct Failure {
+    error: String,
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
+        let failure = match result {
+            Ok(_) => None,
+            Err((e, msg)) => Some(Failure {
+                error: e.to_string(),
+                topic: msg.topic().to_string(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().unwrap_or_default().to_vec(),
+            }),
+        };
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(Report { token, failure });
+    }
+}
+
+struct ConsumerCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, stats: Statistics) {
+        let Some(topic) = stats.topics.get(&self.shared.input) else { return };
+        for (id, p) in &topic.partitions {
+            if *id >= 0 && p.consumer_lag >= 0 {
+                self.shared
+                    .metrics
+                    .lag
+                    .get_or_create(&PartitionLabel { partition: id.to_string() })
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(partitions = ?partitions, "Partitions revoked; finishing their in-flight records");
+                self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "revoke".into() }).inc();
+                let mut st = lock(&self.shared.state);
+                if let Err(e) = self.shared.finish(consumer, &mut st, Duration::from_secs(30)) {
+                    error!(error = %e, "Could not finish in-flight records before revocation; they will be reprocessed");
+                }
+                for p in &partitions {
+                    st.tracker.forget(*p);
+                    st.stored.remove(p);
+                    st.txn_offsets.remove(p);
+                    self.shared.metrics.lag.remove(&PartitionLabel { partition: p.to_string() });
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(partitions = ?partitions, "Partitions assigned");
+                self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "assign".into() }).inc();
+                self.shared.ready.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance failed"),
+        }
+    }
+}
+
+impl Shared {
+    /// Flush the producer and make everything acknowledged so far durable:
+    /// store and commit offsets (at-least-once) or commit the open
+    /// transaction (exactly-once).
+    fn finish(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        st: &mut LoopState,
+        timeout: Duration,
+    ) -> Result<()> {
+        match self.mode {
+            Delivery::AtLeastOnce => {
+                self.producer.flush(timeout).context("flushing the producer")?;
+                self.drain_reports(st);
+                self.store(consumer, st);
+                let mut tpl = TopicPartitionList::new();
+                for (p, o) in &st.stored {
+                    tpl.add_partition_offset(&self.input, *p, Offset::Offset(*o))?;
+                }
+                if tpl.count() > 0 {
+                    consumer.commit(&tpl, CommitMode::Sync).context("committing offsets")?;
+                }
+            }
+            Delivery::ExactlyOnce => self.commit_transaction(consumer, st, timeout)?,
+        }
+        Ok(())
+    }
+
+    fn commit_transaction(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        st: &mut LoopState,
+        timeout: Duration,
+    ) -> Result<()> {
+        if !st.txn_open {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &st.txn_offsets {
+            tpl.add_partition_offset(&self.input, *p, Offset::Offset(*o))?;
+        }
+        if tpl.count() > 0 {
+            let meta = consumer.group_metadata().context("no consumer group metadata")?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &meta, timeout)
+                .context("adding offsets to the transaction")?;
+        }
+        self.producer.commit_transaction(timeout).context("committing the transaction")?;
+        st.txn_open = false;
+        self.drain_reports(st);
+        st.tracker.committable_timed(|d| self.metrics.latency.observe(d.as_secs_f64()));
+        st.txn_offsets.clear();
+        Ok(())
+    }
+
+    /// Apply delivery reports to the tracker. A failed output is re-sent to
+    /// the dead-letter topic; a failed dead letter is fatal.
+    fn drain_reports(&self, st: &mut LoopState) {
+        let reports =
+            std::mem::take(&mut *self.producer.context().reports.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in reports {
+            if let Some(f) = r.failure {
+                if f.topic == self.dead_letter_topic() || self.mode == Delivery::ExactlyOnce {
+                    st.fatal.get_or_insert(format!("producing to {} failed: {}", f.topic, f.error));
+                    continue;
+                }
+                warn!(topic = %f.topic, error = %f.error, "An output could not be produced; sending it to the dead-letter topic");
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "vigil.stage", value: Some("produce") })
+                    .insert(Header { key: "vigil.reason", value: Some(f.error.as_str()) });
+                st.tracker.add_output(r.token);
+                self.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
+                let mut rec = BaseRecord::with_opaque_to(self.dead_letter_topic(), r.token)
+                    .payload(&f.payload)
+                    .headers(headers);
+                if let Some(k) = &f.key {
+                    rec = rec.key(k);
+                }
+                if let Err((e, _)) = self.producer.send(rec) {
+                    st.fatal.get_or_insert(format!("could not enqueue a dead letter: {e}"));
+                }
+            }
+            st.tracker.ack(r.token);
+        }
+    }
+
+    fn dead_letter_topic(&self) -> &str {
+        &self.dead_letter
+    }
+
+    /// At-least-once: store the offsets whose records are done.
+    fn store(&self, consumer: &BaseConsumer<ConsumerCtx>, st: &mut LoopState) {
+        let metrics = &self.metrics;
+        for (p, next) in st.tracker.committable_timed(|d| metrics.latency.observe(d.as_secs_f64())) {
+            // rd_kafka_offsets_store takes the next offset to read, as we
+            // compute it. (rd_kafka_offset_store, behind `store_offset`, adds
+            // one itself: passing it `next` skipped a record at every handover.)
+            let mut tpl = TopicPartitionList::new();
+            let stored = tpl
+                .add_partition_offset(&self.input, p, Offset::Offset(next))
+                .and_then(|()| consumer.store_offsets(&tpl));
+            match stored {
+                Ok(()) => {
+                    st.stored.insert(p, next);
+                }
+                // The partition was revoked meanwhile: the next owner re-reads.
+                Err(e) => warn!(partition = p, error = %e, "Could not store an offset"),
+            }
+        }
+        self.metrics.in_flight.set(st.tracker.in_flight() as i64);
+    }
+}
+
+/// Run until SIGTERM/SIGINT or a fatal error.
+pub fn run(opts: Options) -> Result<()> {
+    let text = std::fs::read_to_string(&opts.pipeline_file)
+        .with_context(|| format!("cannot read {}", opts.pipeline_file.display()))?;
+    let pipeline: Pipeline = vigil_crds::manifest::single_pipeline(&text)?;
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let namespace = opts
+        .namespace
+        .clone()
+        .or_else(|| pipeline.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let spec = &pipeline.spec;
+    let settings =
+        KafkaSettings::resolve(&spec.kafka, opts.bootstrap.as_deref(), opts.secret_dir.as_deref())?;
+    let group = opts.group.clone().unwrap_or_else(|| Pipeline::consumer_group(&namespace, &name));
+    let mut engine = Engine::new(spec, None, None).map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
+    let metrics = Arc::new(Metrics::new(&namespace, &name));
+
+    let mut pc = settings.client_config();
+    pc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("compression.type", "lz4");
+    if spec.delivery == Delivery::ExactlyOnce {
+        pc.set("transactional.id", format!("{group}.{}", opts.instance));
+    }
+    let producer: Arc<BaseProducer<ProducerCtx>> =
+        Arc::new(pc.create_with_context(ProducerCtx::default()).context("creating the Kafka producer")?);
+    if spec.delivery == Delivery::ExactlyOnce {
+        producer.init_transactions(Duration::from_secs(60)).context("initialising Kafka transactions")?;
+    }
+
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        stop: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        heartbeat: AtomicU64::new(now_secs()),
+        state: Mutex::new(LoopState {
+            tracker: Tracker::default(),
+            stored: HashMap::new(),
+            txn_offsets: HashMap::new(),
+            txn_open: false,
+            fatal: None,
+        }),
+        producer: producer.clone(),
+        mode: spec.delivery,
+        input: spec.input.topic.name.clone(),
+        dead_letter: spec.dead_letter.name.clone(),
+    });
+
+    let mut cc = settings.client_config();
+    cc.set("group.id", &group)
+        .set("enable.auto.commit", if spec.delivery == Delivery::AtLeastOnce { "true" } else { "false" })
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("statistics.interval.ms", "5000");
+    let consumer: BaseConsumer<ConsumerCtx> = cc
+        .create_with_context(ConsumerCtx { shared: shared.clone() })
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&spec.input.topic.name]).context("subscribing to the input topic")?;
+
+    let http = crate::http::serve(opts.listen, shared_http(&shared))?;
+    install_signal_handlers(&shared)?;
+    info!(pipeline = %name, namespace = %namespace, group = %group, input = %spec.input.topic.name,
+        output = %spec.output.name, dead_letter = %spec.dead_letter.name, delivery = ?spec.delivery,
+        listen = %opts.listen, "Runner started");
+
+    let result = process_loop(&shared, &consumer, &mut engine, spec, opts.batch);
+    shared.ready.store(false, Ordering::Relaxed);
+    let closing = {
+        let mut st = lock(&shared.state);
+        match &result {
+            Ok(()) => shared.finish(&consumer, &mut st, Duration::from_secs(30)),
+            Err(_) => Ok(()),
+        }
+    };
+    consumer.unsubscribe();
+    drop(http);
+    let counts = engine.counts();
+    info!(
+        records_in = counts.records_in,
+        records_out = counts.records_out,
+        anomalies = counts.anomalies,
+        dead_lettered = counts.dead_lettered,
+        filtered = counts.filtered,
+        "Runner stopped"
+    );
+    result.and(closing)
+}
+
+fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
+    let s = shared.clone();
+    let r = shared.clone();
+    crate::http::Health {
+        metrics: shared.metrics.clone(),
+        live: Arc::new(move || now_secs().saturating_sub(s.heartbeat.load(Ordering::Relaxed)) < 60),
+        ready: Arc::new(move || r.ready.load(Ordering::Relaxed) && !r.stop.load(Ordering::Relaxed)),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn install_signal_handlers(shared: &Arc<Shared>) -> Result<()> {
+    let s = shared.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return error!(error = %e, "Cannot watch for signals"),
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                return error!("Cannot install signal handlers");
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: draining in-flight records and committing"),
+                _ = int.recv() => info!("SIGINT: draining in-flight records and committing"),
+            }
+            s.stop.store(true, Ordering::Relaxed);
+        });
+    })?;
+    Ok(())
+}
+
+fn process_loop(
+    shared: &Arc<Shared>,
+    consumer: &BaseConsumer<ConsumerCtx>,
+    engine: &mut Engine,
+    spec: &vigil_crds::PipelineSpec,
+    batch: usize,
+) -> Result<()> {
+    let producer = &shared.producer;
+    let output = spec.output.name.as_str();
+    let dead_letter = spec.dead_letter.name.as_str();
+    let mut last_counts = engine.counts();
+    let mut batch_started = Instant::now();
+    let mut in_batch = 0usize;
+    let mut last_store = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        shared.heartbeat.store(now_secs(), Ordering::Relaxed);
+        // Never hold the state lock across poll: poll runs the rebalance callback.
+        let msg = consumer.poll(Duration::from_millis(50));
+        let mut st = lock(&shared.state);
+        if let Some(f) = st.fatal.take() {
+            bail!(f);
+        }
+        match msg {
+            None => {}
+            Some(Err(e)) => warn!(error = %e, "Consumer error"),
+            Some(Ok(m)) => {
+                if shared.mode == Delivery::ExactlyOnce && !st.txn_open {
+                    producer.begin_transaction().context("beginning a transaction")?;
+                    st.txn_open = true;
+                    batch_started = Instant::now();
+                    in_batch = 0;
+                }
+                process_message(shared, &mut st, engine, &m, output, dead_letter)?;
+                in_batch += 1;
+                if shared.mode == Delivery::ExactlyOnce {
+                    st.txn_offsets.insert(m.partition(), m.offset() + 1);
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        match shared.mode {
+            Delivery::AtLeastOnce => {
+                shared.drain_reports(&mut st);
+                if last_store.elapsed() >= Duration::from_millis(20) {
+                    shared.store(consumer, &mut st);
+                    last_store = Instant::now();
+                }
+            }
+            Delivery::ExactlyOnce => {
+                if st.txn_open && (in_batch >= batch || batch_started.elapsed() >= Duration::from_millis(100))
+                {
+                    if let Err(e) = shared.commit_transaction(consumer, &mut st, Duration::from_secs(60)) {
+                        // The transaction's outputs are discarded by the broker;
+                        // a restart resumes from the last committed offsets.
+                        let _ = producer.abort_transaction(Duration::from_secs(30));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        drop(st);
+        let c = engine.counts();
+        let m = &shared.metrics;
+        m.records_in.inc_by(c.records_in - last_counts.records_in);
+        m.records_out.inc_by(c.records_out - last_counts.records_out);
+        m.anomalies.inc_by(c.anomalies - last_counts.anomalies);
+        m.filtered.inc_by(c.filtered - last_counts.filtered);
+        m.detector_keys.set(engine.detector().keys().0 as i64);
+        last_counts = c;
+    }
+    Ok(())
+}
+
+fn process_message(
+    shared: &Shared,
+    st: &mut LoopState,
+    engine: &mut Engine,
+    m: &BorrowedMessage<'_>,
+    output: &str,
+    dead_letter: &str,
+) -> Result<()> {
+    let token = st.tracker.begin(m.partition(), m.offset());
+    let payload = m.payload().unwrap_or_default();
+    let ts = m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let meta = Meta { key: m.key(), ts_ms: ts };
+    let mut failure: Option<anyhow::Error> = None;
+    let producer = &shared.producer;
+    engine.process(payload, meta, &mut |ev| {
+        if failure.is_some() {
+            return;
+        }
+        let sent = match ev {
+            Event::Output(o) => {
+                shared.metrics.score.observe(o.score.unwrap_or(0.0));
+                let mut rec = BaseRecord::with_opaque_to(output, token).payload(o.json).timestamp(ts);
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(h) = m.headers() {
+                    rec = rec.headers(h.detach());
+                }
+                send(producer, rec)
+            }
+            Event::Rejected(r) => {
+                shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: r.stage.clone() }).inc();
+                let partition = m.partition().to_string();
+                let offset = m.offset().to_string();
+                let mut headers = m.headers().map(|h| h.detach()).unwrap_or_default();
+                for (k, v) in [
+                    ("vigil.stage", r.stage.as_str()),
+                    ("vigil.reason", r.reason.as_str()),
+                    ("vigil.source.topic", m.topic()),
+                    ("vigil.source.partition", partition.as_str()),
+                    ("vigil.source.offset", offset.as_str()),
+                ] {
+                    headers = headers.insert(Header { key: k, value: Some(v) });
+                }
+                let mut rec = BaseRecord::with_opaque_to(dead_letter, token)
+                    .payload(payload)
+                    .headers(headers)
+                    .timestamp(ts);
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                send(producer, rec)
+            }
+        };
+        match sent {
+            Ok(()) => st.tracker.add_output(token),
+            Err(e) => failure = Some(e),
+        }
+    });
+    st.tracker.dispatched(token);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Enqueue a record, waiting for room when the producer's queue is full.
+fn send(producer: &BaseProducer<ProducerCtx>, mut rec: BaseRecord<'_, [u8], [u8], usize>) -> Result<()> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(anyhow::anyhow!("could not enqueue a record: {e}")),
+        }
+    }
+}
