@@ -429,6 +429,10 @@ fn install_signal_handlers(shared: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
+/// Most records taken from the consumer between two rounds of delivery
+/// reports and offset storing.
+const MAX_BATCH: usize = 512;
+
 fn process_loop(
     shared: &Arc<Shared>,
     consumer: &BaseConsumer<ConsumerCtx>,
@@ -445,28 +449,44 @@ fn process_loop(
     let mut last_store = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         shared.heartbeat.store(now_secs(), Ordering::Relaxed);
-        // Never hold the state lock across poll: poll runs the rebalance callback.
-        let msg = consumer.poll(Duration::from_millis(50));
+        // Take up to MAX_BATCH records that are already fetched, then do the
+        // per-batch work (delivery reports, offsets) once. The state lock is
+        // never held across poll: poll runs the rebalance callback.
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..MAX_BATCH {
+            let msg = consumer.poll(wait);
+            wait = Duration::ZERO;
+            let Some(msg) = msg else { break };
+            let mut st = lock(&shared.state);
+            if let Some(f) = st.fatal.take() {
+                bail!(f);
+            }
+            match msg {
+                Err(e) => {
+                    warn!(error = %e, "Consumer error");
+                    break;
+                }
+                Ok(m) => {
+                    if shared.mode == Delivery::ExactlyOnce && !st.txn_open {
+                        producer.begin_transaction().context("beginning a transaction")?;
+                        st.txn_open = true;
+                        batch_started = Instant::now();
+                        in_batch = 0;
+                    }
+                    process_message(shared, &mut st, engine, &m, output, dead_letter)?;
+                    in_batch += 1;
+                    if shared.mode == Delivery::ExactlyOnce {
+                        st.txn_offsets.insert(m.partition(), m.offset() + 1);
+                        if in_batch >= batch {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         let mut st = lock(&shared.state);
         if let Some(f) = st.fatal.take() {
             bail!(f);
-        }
-        match msg {
-            None => {}
-            Some(Err(e)) => warn!(error = %e, "Consumer error"),
-            Some(Ok(m)) => {
-                if shared.mode == Delivery::ExactlyOnce && !st.txn_open {
-                    producer.begin_transaction().context("beginning a transaction")?;
-                    st.txn_open = true;
-                    batch_started = Instant::now();
-                    in_batch = 0;
-                }
-                process_message(shared, &mut st, engine, &m, output, dead_letter)?;
-                in_batch += 1;
-                if shared.mode == Delivery::ExactlyOnce {
-                    st.txn_offsets.insert(m.partition(), m.offset() + 1);
-                }
-            }
         }
         producer.poll(Duration::ZERO);
         match shared.mode {

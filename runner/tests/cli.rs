@@ -1,0 +1,142 @@
+//! The `vigil` command line as a user runs it: local mode over the shipped
+//! examples, offline validation, evaluation on a small labelled corpus.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil")).current_dir(repo()).args(args).output().expect("vigil runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn local_with_no_arguments_runs_the_shipped_example_and_prints_a_summary() {
+    let out = vigil(&["local"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("running the shipped example cpu-anomalies"), "{stderr}");
+    assert!(stderr.contains("cpu-anomalies: 2592 records"), "{stderr}");
+    assert!(stderr.contains("0 dead-lettered"), "{stderr}");
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("anomalies are JSON lines");
+        assert_eq!(v["anomaly"]["isAnomaly"], true, "only anomalies are printed: {line}");
+    }
+}
+
+#[test]
+fn local_writes_every_record_and_the_dead_letters_of_the_sensor_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, dead_path) = (dir.path().join("scored.jsonl"), dir.path().join("dead.jsonl"));
+    let out = vigil(&[
+        "local",
+        "examples/pipelines/sensor-multivariate.yaml",
+        "--input",
+        "examples/data/sensors.jsonl",
+        "--output",
+        out_path.to_str().unwrap(),
+        "--dead-letter",
+        dead_path.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2883 records"), "{stderr}");
+    assert!(stderr.contains("2880 scored") && stderr.contains("3 dead-lettered"), "{stderr}");
+
+    let scored = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(scored.lines().count(), 2880);
+    let first: serde_json::Value = serde_json::from_str(scored.lines().next().unwrap()).unwrap();
+    for field in [
+        "machine",
+        "temperature",
+        "vibration",
+        "pressure",
+        "temp_per_vibration",
+        "temperature_diff",
+        "anomaly",
+    ] {
+        assert!(first.get(field).is_some(), "{field} missing from {first}");
+    }
+    assert!(first.get("readings_temp_c").is_none(), "renamed and selected away: {first}");
+
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dead_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stages: Vec<&str> = dead.iter().map(|d| d["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["decode", "transforms[3].derive", "decode"], "{dead:?}");
+    assert!(dead[0]["reason"].as_str().unwrap().starts_with("invalid JSON"));
+    assert_eq!(dead[1]["reason"], "/ needs a number, got string \"hot\"");
+    assert_eq!(dead[2]["reason"], "timestamp field \"ts\" is missing");
+    assert!(dead.iter().all(|d| d["line"].as_u64().unwrap() > 0 && d["record"].is_string()));
+}
+
+#[test]
+fn validate_accepts_the_examples_and_refuses_invalid_manifests_with_exit_code_1() {
+    let ok = vigil(&["validate", "examples/"]);
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    assert_eq!(text(&ok.stdout).matches(" is valid").count(), 3);
+
+    let bad = vigil(&[
+        "validate",
+        "e2e/fixtures/invalid/threshold-out-of-range.yaml",
+        "examples/pipelines/cpu-univariate.yaml",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stdout = text(&bad.stdout);
+    assert!(stdout.contains("spec.detector.threshold: Invalid value: 1.5"), "{stdout}");
+    assert!(stdout.contains("Pipeline/cpu-anomalies is valid"), "{stdout}");
+
+    let missing = vigil(&["validate", "no/such/file.yaml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stdout).contains("cannot be read"));
+}
+
+#[test]
+fn local_refuses_a_manifest_that_does_not_validate() {
+    let out = vigil(&[
+        "local",
+        "e2e/fixtures/invalid/negative-partitions.yaml",
+        "--input",
+        "examples/data/cpu.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("spec.input.topic.partitions"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn eval_scores_a_labelled_corpus_in_the_nab_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/demo");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..2000 {
+        let v = if i == 1500 { 500.0 } else { 10.0 + (i % 7) as f64 * 0.1 };
+        csv.push_str(&format!("2026-01-01 {:02}:{:02}:{:02},{v}\n", i / 3600, (i / 60) % 60, i % 60));
+    }
+    std::fs::write(data.join("spike.csv"), csv).unwrap();
+    std::fs::create_dir_all(dir.path().join("labels")).unwrap();
+    std::fs::write(
+        dir.path().join("labels/combined_windows.json"),
+        r#"{"demo/spike.csv": [["2026-01-01 00:24:50", "2026-01-01 00:25:10"]]}"#,
+    )
+    .unwrap();
+    let out = vigil(&["eval", "--corpus", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("1 files, 2000 rows, 1 windows"), "{stdout}");
+    let standard: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("standard"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a standard score");
+    assert!(standard > 90.0, "a lone spike is found early: {stdout}");
+}
