@@ -1,6 +1,9 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use vigil_operator::context::Settings;
+use vigil_operator::pipeline::children;
 
 /// The Vigil operator.
 #[derive(Parser)]
@@ -12,6 +15,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reconcile Pipelines (the operator's normal mode).
+    Run {
+        /// Kafka bootstrap servers for Pipelines that name none.
+        #[arg(long, env = "VIGIL_KAFKA_BOOTSTRAP")]
+        kafka_bootstrap: Option<String>,
+        /// Runner image for Pipelines that name none.
+        #[arg(long, env = "VIGIL_RUNNER_IMAGE", default_value = concat!("ghcr.io/vigil-dev/vigil-runner:", env!("CARGO_PKG_VERSION")))]
+        runner_image: String,
+        /// Watch only this namespace (default: all).
+        #[arg(long, env = "VIGIL_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "VIGIL_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease; no election when absent.
+        #[arg(long, env = "VIGIL_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Name of the leader-election Lease.
+        #[arg(long, env = "VIGIL_LEASE_NAME", default_value = "vigil-operator")]
+        lease_name: String,
+        /// This replica's identity for leader election.
+        #[arg(long, env = "POD_NAME", default_value = "vigil-operator")]
+        identity: String,
+        /// Seconds between consumer-lag refreshes of a Ready pipeline; 0 disables.
+        #[arg(long, env = "VIGIL_LAG_INTERVAL", default_value_t = 60)]
+        lag_interval: u64,
+    },
     /// Print the CRDs (Pipeline, Model) generated from the API types, or write
     /// them into a directory with --out-dir.
     Crd {
@@ -19,15 +49,50 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print the ClusterRole the operator needs.
+    Rbac {
+        /// Name of the ClusterRole.
+        #[arg(long, default_value = "vigil-operator")]
+        name: String,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            kafka_bootstrap,
+            runner_image,
+            namespace,
+            listen,
+            lease_namespace,
+            lease_name,
+            identity,
+            lag_interval,
+        } => {
+            vigil_operator::controller::init_logging();
+            let client = kube::Client::try_default().await?;
+            let opts = vigil_operator::controller::Options {
+                settings: Settings {
+                    children: children::Settings { runner_image, kafka_bootstrap },
+                    lag_interval: (lag_interval > 0).then(|| Duration::from_secs(lag_interval)),
+                },
+                namespace,
+                listen,
+                lease: lease_namespace.map(|ns| (ns, lease_name)),
+                identity,
+            };
+            vigil_operator::controller::run(opts, client).await
+        }
         Command::Crd { out_dir: None } => vigil_operator::crdgen::print(&mut std::io::stdout().lock()),
         Command::Crd { out_dir: Some(dir) } => {
             for path in vigil_operator::crdgen::write(&dir)? {
                 eprintln!("wrote {}", path.display());
             }
+            Ok(())
+        }
+        Command::Rbac { name } => {
+            print!("{}", serde_yaml::to_string(&vigil_operator::rbac::cluster_role(&name))?);
             Ok(())
         }
     }

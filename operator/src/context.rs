@@ -1,0 +1,129 @@
+//! What every reconcile shares: the API client, settings, metrics, the Event
+//! recorder, Kafka admin connections (one per cluster and credentials), and
+//! per-object bookkeeping for backoff, cleanup attempts and lag refreshes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use rdkafka::ClientConfig;
+
+use crate::kafka::{Kafka, KafkaError};
+use crate::metrics::Metrics;
+use crate::pipeline::children;
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What the child builders need.
+    pub children: children::Settings,
+    /// How often a Ready pipeline's consumer lag is refreshed; `None` never.
+    pub lag_interval: Option<Duration>,
+}
+
+/// Shared reconcile state.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Reconcile metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    kafka: Mutex<HashMap<String, Arc<Kafka>>>,
+    failures: Mutex<HashMap<String, u32>>,
+    cleanups: Mutex<HashMap<String, (u32, Instant)>>,
+    lags: Mutex<HashMap<String, (Instant, i64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+        Context {
+            client,
+            settings,
+            metrics,
+            recorder,
+            kafka: Mutex::default(),
+            failures: Mutex::default(),
+            cleanups: Mutex::default(),
+            lags: Mutex::default(),
+        }
+    }
+
+    /// The admin connection for a cluster and credentials (created once).
+    pub fn kafka(&self, bootstrap: &str, props: &BTreeMap<String, String>) -> Result<Arc<Kafka>, KafkaError> {
+        let key = format!("{bootstrap}|{props:?}");
+        if let Some(k) = lock(&self.kafka).get(&key) {
+            return Ok(k.clone());
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (k, v) in props {
+            config.set(k, v);
+        }
+        let k = Arc::new(Kafka::new(config)?);
+        lock(&self.kafka).insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// The next retry delay for an object: 1 s doubling to 5 minutes.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut f = lock(&self.failures);
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// The object reconciled successfully: start its backoff afresh.
+    pub fn forget_failures(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// Count a failed cleanup: (attempts so far, time since the first).
+    pub fn cleanup_attempt(&self, key: &str) -> (u32, Duration) {
+        let mut c = lock(&self.cleanups);
+        let e = c.entry(key.to_string()).or_insert((0, Instant::now()));
+        e.0 += 1;
+        (e.0, e.1.elapsed())
+    }
+
+    /// Cleanup finished (or was abandoned).
+    pub fn forget_cleanup(&self, key: &str) {
+        lock(&self.cleanups).remove(key);
+        lock(&self.lags).remove(key);
+    }
+
+    /// The consumer lag of an object, measured with `measure` at most once
+    /// per lag interval; a failed measurement keeps the last value.
+    pub async fn cached_lag<F: Future<Output = Result<i64, KafkaError>>>(
+        &self,
+        key: &str,
+        measure: F,
+    ) -> Option<i64> {
+        let interval = self.settings.lag_interval?;
+        if let Some((at, lag)) = lock(&self.lags).get(key) {
+            if at.elapsed() < interval {
+                return Some(*lag);
+            }
+        }
+        match measure.await {
+            Ok(lag) => {
+                lock(&self.lags).insert(key.to_string(), (Instant::now(), lag));
+                Some(lag)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not measure consumer lag");
+                lock(&self.lags).get(key).map(|(_, l)| *l)
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `vigil-operator run`: connect, serve metrics, win the leader lease, then
+//! run the Pipeline controller until SIGTERM or the lease is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use tracing::{debug, error, info};
+use vigil_crds::Pipeline;
+
+use crate::context::{Context, Settings};
+use crate::leader::Elector;
+use crate::metrics::Metrics;
+use crate::pipeline;
+
+/// How `run` was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Operator settings.
+    pub settings: Settings,
+    /// Watch only this namespace; all when `None`.
+    pub namespace: Option<String>,
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// (namespace, name) of the leader Lease; no election when `None`.
+    pub lease: Option<(String, String)>,
+    /// This replica's name (the pod name).
+    pub identity: String,
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the operator.
+pub async fn run(opts: Options, client: Client) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(crate::metrics::serve(opts.listen, metrics.clone()));
+    // A standby replica is healthy and ready; only the leader reconciles.
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    let elector =
+        opts.lease.as_ref().map(|(ns, name)| Elector::new(client.clone(), ns, name, &opts.identity));
+    if let Some(e) = &elector {
+        tokio::select! {
+            () = e.acquire() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "vigil-operator".into(), instance: Some(opts.identity.clone()) },
+    );
+    let ctx = Arc::new(Context::new(client.clone(), opts.settings.clone(), metrics.clone(), recorder));
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=vigil-operator");
+    let ns = &opts.namespace;
+    info!(namespace = ns.as_deref().unwrap_or("(all)"), identity = %opts.identity, "Starting the Pipeline controller");
+    let controller = Controller::new(api::<Pipeline>(&client, ns), watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<PersistentVolumeClaim>(&client, ns), owned)
+        .shutdown_on_signal()
+        .run(pipeline::reconcile, pipeline::error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(pipeline = %obj.name, "Reconciled"),
+                Err(e) => debug!(error = %e, "Reconcile error"),
+            }
+        });
+
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = controller => info!("Controller stopped"),
+        why = lost => {
+            metrics.leader.set(0);
+            error!(reason = %why, "Lost leadership; stopping so a standby can take over");
+            bail!(why);
+        }
+        r = server => {
+            r.context("metrics server task")?.context("metrics server")?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// JSON logs (what log collectors index); `VIGIL_LOG` or `RUST_LOG` filter.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

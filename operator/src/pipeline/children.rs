@@ -1,0 +1,401 @@
+//! The Kubernetes objects a Pipeline owns, built as plain values from the
+//! Pipeline and the operator's settings: no client, no I/O, so every field
+//! is tested from YAML fixtures.
+//!
+//! - ConfigMap `<name>-pipeline`: the Pipeline as `vigil run` reads it.
+//! - Deployment `<name>-runner`: the runners (hardened, probed, scraped).
+//! - Service `<name>-runner`: metrics and HTTP endpoints.
+//! - PersistentVolumeClaim `<name>-history`, when `spec.storage` is set.
+//! - ConfigMaps `<name>-dashboard` and `<name>-loki-rules` (see `dashboard.rs`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use vigil_crds::{Lifecycle, Pipeline};
+
+/// Port of the runner's HTTP server.
+pub const HTTP_PORT: i32 = 8080;
+/// Where the pipeline ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/vigil";
+/// Where the Kafka Secret is mounted.
+pub const KAFKA_SECRET_DIR: &str = "/etc/vigil/kafka";
+/// Where the history volume is mounted.
+pub const HISTORY_DIR: &str = "/var/lib/vigil";
+/// The pod annotation whose change rolls the runners when the config changes.
+pub const CONFIG_HASH: &str = "vigil.dev/config-hash";
+/// UID the runner image runs as (distroless "nonroot").
+pub const RUNNER_UID: i64 = 65532;
+
+/// Operator settings the builders need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Runner image when the Pipeline names none.
+    pub runner_image: String,
+    /// Kafka bootstrap servers when the Pipeline names none.
+    pub kafka_bootstrap: Option<String>,
+}
+
+/// Why a Pipeline cannot be built into children.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    /// The object lacks a name, namespace or uid (never true for objects
+    /// read from the API server).
+    #[error("the Pipeline lacks metadata.{0}")]
+    MissingMetadata(&'static str),
+    /// Neither the Pipeline nor the operator names a Kafka cluster.
+    #[error(
+        "no Kafka bootstrap servers: set spec.kafka.bootstrapServers or start the operator with --kafka-bootstrap"
+    )]
+    NoBootstrap,
+    /// The Pipeline could not be serialised for the runner.
+    #[error("the Pipeline could not be serialised: {0}")]
+    Serialise(String),
+}
+
+/// Names of a Pipeline's children.
+pub fn config_map_name(p: &str) -> String {
+    format!("{p}-pipeline")
+}
+/// Name of the Deployment and Service.
+pub fn runner_name(p: &str) -> String {
+    format!("{p}-runner")
+}
+/// Name of the history PVC.
+pub fn history_name(p: &str) -> String {
+    format!("{p}-history")
+}
+
+/// Labels every child carries; Loki's usual collectors index the
+/// `app.kubernetes.io/*` ones and `vigil.dev/pipeline`.
+pub fn labels(pipeline: &str, component: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "vigil"),
+        ("app.kubernetes.io/instance", pipeline),
+        ("app.kubernetes.io/component", component),
+        ("app.kubernetes.io/part-of", "vigil"),
+        ("app.kubernetes.io/managed-by", "vigil-operator"),
+        ("vigil.dev/pipeline", pipeline),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The labels that select a Pipeline's runner pods.
+pub fn selector(pipeline: &str) -> BTreeMap<String, String> {
+    [("vigil.dev/pipeline", pipeline), ("app.kubernetes.io/component", "runner")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Name, namespace and a controller owner reference for a child.
+pub fn child_meta(p: &Pipeline, name: String, component: &str) -> Result<ObjectMeta, BuildError> {
+    let pname = p.metadata.name.clone().ok_or(BuildError::MissingMetadata("name"))?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(p.metadata.namespace.clone().ok_or(BuildError::MissingMetadata("namespace"))?),
+        labels: Some(labels(&pname, component)),
+        owner_references: Some(vec![owner_reference(p)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// A controller owner reference to the Pipeline: garbage collection deletes
+/// children with it, and `.owns()` maps child events back to it.
+pub fn owner_reference(p: &Pipeline) -> Result<OwnerReference, BuildError> {
+    Ok(OwnerReference {
+        api_version: Pipeline::api_version(&()).into_owned(),
+        kind: Pipeline::kind(&()).into_owned(),
+        name: p.metadata.name.clone().ok_or(BuildError::MissingMetadata("name"))?,
+        uid: p.metadata.uid.clone().ok_or(BuildError::MissingMetadata("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// What the runner reads: the Pipeline's identity and spec, with the
+/// bootstrap servers resolved, as YAML. Status and server-set metadata are
+/// left out so they never change the hash.
+pub fn runner_config(p: &Pipeline, settings: &Settings) -> Result<String, BuildError> {
+    let mut spec = p.spec.clone();
+    if spec.kafka.bootstrap_servers.is_none() {
+        spec.kafka.bootstrap_servers = Some(settings.kafka_bootstrap.clone().ok_or(BuildError::NoBootstrap)?);
+    }
+    let doc = serde_json::json!({
+        "apiVersion": Pipeline::api_version(&()),
+        "kind": "Pipeline",
+        "metadata": {"name": p.name_any(), "namespace": p.namespace()},
+        "spec": spec,
+    });
+    serde_yaml::to_string(&doc).map_err(|e| BuildError::Serialise(e.to_string()))
+}
+
+/// Hex SHA-256 of the runner config (first 16 characters).
+pub fn config_hash(config: &str) -> String {
+    let digest = Sha256::digest(config.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ConfigMap holding the runner config.
+pub fn config_map(p: &Pipeline, config: &str) -> Result<ConfigMap, BuildError> {
+    Ok(ConfigMap {
+        metadata: child_meta(p, config_map_name(&p.name_any()), "config")?,
+        data: Some([("pipeline.yaml".to_string(), config.to_string())].into()),
+        ..ConfigMap::default()
+    })
+}
+
+/// Runner pods wanted: zero when paused, and never more than the input
+/// topic has partitions (more would idle). Returns (replicas, capped).
+pub fn desired_replicas(p: &Pipeline, input_partitions: Option<i32>) -> (i32, bool) {
+    if p.spec.lifecycle == Lifecycle::Paused {
+        return (0, false);
+    }
+    let partitions = input_partitions.unwrap_or(p.spec.input.topic.partitions).max(1);
+    if p.spec.replicas > partitions { (partitions, true) } else { (p.spec.replicas, false) }
+}
+
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_string());
+    ResourceRequirements {
+        requests: Some([("cpu".to_string(), q("100m")), ("memory".to_string(), q("128Mi"))].into()),
+        limits: Some([("memory".to_string(), q("512Mi"))].into()),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+/// The runner Deployment.
+pub fn deployment(
+    p: &Pipeline,
+    settings: &Settings,
+    hash: &str,
+    replicas: i32,
+) -> Result<Deployment, BuildError> {
+    let name = p.name_any();
+    let namespace = p.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
+    let mut meta = child_meta(p, runner_name(&name), "runner")?;
+    let mut pod_labels = labels(&name, "runner");
+    pod_labels.extend(selector(&name));
+    let annotations: BTreeMap<String, String> = [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", HTTP_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+        (CONFIG_HASH, hash.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let mut env_vars = vec![
+        EnvVar {
+            name: "VIGIL_NAMESPACE".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env("VIGIL_PIPELINE_FILE", &format!("{CONFIG_DIR}/pipeline.yaml")),
+        env("VIGIL_CONSUMER_GROUP", &Pipeline::consumer_group(&namespace, &name)),
+        env("VIGIL_LISTEN", &format!("0.0.0.0:{HTTP_PORT}")),
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "pipeline".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "pipeline".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+    ];
+    if let Some(secret) = &p.spec.kafka.secret_ref {
+        env_vars.push(env("VIGIL_KAFKA_SECRET_DIR", KAFKA_SECRET_DIR));
+        mounts.push(VolumeMount {
+            name: "kafka".into(),
+            mount_path: KAFKA_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "kafka".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if p.spec.storage.is_some() {
+        mounts.push(VolumeMount {
+            name: "history".into(),
+            mount_path: HISTORY_DIR.into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "history".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: history_name(&name),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "runner".into(),
+        image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
+        args: Some(vec!["run".into()]),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        resources: Some(p.spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    meta.annotations = Some([(CONFIG_HASH.to_string(), hash.to_string())].into());
+    Ok(Deployment {
+        metadata: meta,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector(&name)), match_expressions: None },
+            // One runner at a time: the consumer group hands partitions over
+            // cooperatively instead of all at once.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    // SIGTERM drains and commits; give it time.
+                    termination_grace_period_seconds: Some(60),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUNNER_UID),
+                        run_as_group: Some(RUNNER_UID),
+                        fs_group: Some(RUNNER_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Service in front of the runners.
+pub fn service(p: &Pipeline) -> Result<Service, BuildError> {
+    let name = p.name_any();
+    let mut meta = child_meta(p, runner_name(&name), "runner")?;
+    meta.annotations = Some(
+        [("prometheus.io/scrape", "true"), ("prometheus.io/port", "8080")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    Ok(Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The history volume, when `spec.storage` is set. Several runners share
+/// it, so more than one replica asks for ReadWriteMany.
+pub fn history_claim(p: &Pipeline) -> Result<Option<PersistentVolumeClaim>, BuildError> {
+    let Some(storage) = &p.spec.storage else { return Ok(None) };
+    let access = if p.spec.replicas > 1 { "ReadWriteMany" } else { "ReadWriteOnce" };
+    Ok(Some(PersistentVolumeClaim {
+        metadata: child_meta(p, history_name(&p.name_any()), "history")?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![access.into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), storage.size.clone())].into()),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }))
+}

@@ -1,0 +1,460 @@
+//! The Pipeline controller. Reconcile is a pipeline of steps:
+//! dereference (Secret, Model) -> validate -> build the desired children
+//! (pure, `children.rs`, `dashboard.rs`, `topics.rs`) -> apply (Kafka admin,
+//! server-side apply) -> status (`status.rs`). Only the first and the last
+//! two touch the API server or Kafka.
+//!
+//! Deletion goes through a finalizer that honours `topicDeletionPolicy` and
+//! can never hang namespace deletion: when Kafka stays unreachable past a
+//! bounded number of attempts it records why, emits an Event and lets go.
+
+pub mod children;
+pub mod dashboard;
+pub mod status;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info, info_span, warn};
+use vigil_crds::pipeline::{PipelineStatus, TopicRole};
+use vigil_crds::{Lifecycle, Model, Pipeline, TopicDeletionPolicy};
+
+use crate::context::Context;
+use crate::kafka::KafkaError;
+use children::BuildError;
+use status::Observation;
+
+/// The finalizer Vigil puts on Pipelines.
+pub const FINALIZER: &str = "vigil.dev/topics";
+/// Server-side apply field manager.
+pub const FIELD_MANAGER: &str = "vigil-operator";
+/// Cleanup gives up on an unreachable Kafka after this many attempts...
+pub const CLEANUP_ATTEMPTS: u32 = 5;
+/// ...or this long, whichever comes first.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why a reconcile failed. The variant name is the metric label and the
+/// Event reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Secret named by spec.kafka.secretRef could not be read.
+    #[error("failed to read Kafka Secret {name}: {source}")]
+    ReadSecret {
+        /// Secret name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Kafka could not be reached or refused a request.
+    #[error("Kafka is unavailable: {0}")]
+    KafkaUnavailable(#[from] KafkaError),
+    /// Children could not be built from the spec.
+    #[error("failed to build the runner objects: {0}")]
+    Build(#[from] BuildError),
+    /// A child could not be applied.
+    #[error("failed to apply {kind} {name}: {source}")]
+    ApplyChild {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The status could not be written.
+    #[error("failed to patch the Pipeline status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    /// The finalizer machinery failed.
+    #[error("finalizer failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The metric label and Event reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::ReadSecret { .. } => "ReadSecret",
+            Error::KafkaUnavailable(_) => "KafkaUnavailable",
+            Error::Build(_) => "Build",
+            Error::ApplyChild { .. } => "ApplyChild",
+            Error::PatchStatus(_) => "PatchStatus",
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.label(),
+                _ => "Finalizer",
+            },
+        }
+    }
+
+    /// Whether retrying without a spec change can help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Build(BuildError::NoBootstrap) | Error::Build(BuildError::Serialise(_)) => true,
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_permanent(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+fn key(p: &Pipeline) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+/// Reconcile one Pipeline.
+pub async fn reconcile(p: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!("reconcile", pipeline = %key(&p), generation = p.metadata.generation.unwrap_or(0));
+    async move {
+        let started = Instant::now();
+        ctx.metrics.reconciles.get_or_create(&crate::metrics::KindLabel { kind: "Pipeline".into() }).inc();
+        let namespace = p.namespace().unwrap_or_default();
+        let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, FINALIZER, p, |event| async {
+            match event {
+                Finalizer::Apply(p) => apply(&p, &ctx).await,
+                Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        ctx.metrics.observe_duration("Pipeline", started.elapsed());
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the controller does after a failed reconcile: wait for a spec
+/// change on permanent errors, back off with growing delays otherwise.
+pub fn error_policy(p: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabel { kind: "Pipeline".into(), error: error.label().into() })
+        .inc();
+    warn!(pipeline = %key(&p), error = %error, reason = error.label(), "Reconcile failed");
+    if error.is_permanent() {
+        return Action::await_change();
+    }
+    Action::requeue(ctx.backoff(&key(&p)))
+}
+
+async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
+    let name = p.name_any();
+    let namespace = p.namespace().unwrap_or_default();
+    let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut obs = Observation { generation: p.metadata.generation, ..Observation::default() };
+
+    // Validate: what admission cannot check. Permanent until the spec changes.
+    let errors = vigil_crds::semantic::check_pipeline(&p.spec);
+    if !errors.is_empty() {
+        obs.invalid = Some(("InvalidSpec".into(), errors.join("; ")));
+        write_status(ctx, &api, p, &obs).await?;
+        ctx.forget_failures(&key(p));
+        return Ok(Action::await_change());
+    }
+
+    // Dereference: the Kafka Secret and the Model.
+    let secret_props = match &p.spec.kafka.secret_ref {
+        Some(r) => match read_secret(ctx, &namespace, &r.name).await? {
+            Some(props) => props,
+            None => {
+                obs.topics_problem =
+                    Some(("SecretNotFound".into(), format!("Kafka Secret {} does not exist", r.name)));
+                write_status(ctx, &api, p, &obs).await?;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+        },
+        None => BTreeMap::new(),
+    };
+    if let Some(model_ref) = &p.spec.detector.model_ref {
+        let models: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
+        obs.model = Some(match models.get_opt(&model_ref.name).await {
+            Ok(Some(_)) => (
+                false,
+                "ModelServingNotSupported".into(),
+                format!(
+                    "Model {} exists, but this version of the runner does not serve trained models yet",
+                    model_ref.name
+                ),
+            ),
+            Ok(None) => (false, "ModelNotFound".into(), format!("Model {} does not exist", model_ref.name)),
+            Err(e) => {
+                (false, "ModelUnreadable".into(), format!("Model {} could not be read: {e}", model_ref.name))
+            }
+        });
+    }
+    let bootstrap = match p
+        .spec
+        .kafka
+        .bootstrap_servers
+        .clone()
+        .or_else(|| ctx.settings.children.kafka_bootstrap.clone())
+    {
+        Some(b) => b,
+        None => {
+            obs.invalid = Some(("NoKafkaBootstrap".into(), BuildError::NoBootstrap.to_string()));
+            write_status(ctx, &api, p, &obs).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Topics: describe, plan, create / grow / reconfigure.
+    let kafka = ctx.kafka(&bootstrap, &secret_props)?;
+    let mut input_partitions = None;
+    let mut problems = Vec::new();
+    for (role, spec) in [
+        (TopicRole::Input, &p.spec.input.topic),
+        (TopicRole::Output, &p.spec.output),
+        (TopicRole::DeadLetter, &p.spec.dead_letter),
+    ] {
+        let outcome = async {
+            let observed = kafka.describe(&spec.name).await?;
+            let plan = topics::plan(role, spec, observed.as_ref());
+            for a in &plan.actions {
+                info!(topic = %spec.name, action = ?a, "Changing topic");
+            }
+            let mut st = topics::execute(&kafka, &plan).await?;
+            st.partitions = st.partitions.or(observed.as_ref().map(|o| o.partitions));
+            Ok::<_, KafkaError>((plan, st))
+        }
+        .await;
+        match outcome {
+            Ok((plan, st)) => {
+                if role == TopicRole::Input {
+                    input_partitions = st.partitions;
+                }
+                problems.extend(plan.problems.iter().map(|pr| (pr.reason.to_string(), pr.message.clone())));
+                obs.topics.push(st);
+            }
+            Err(e) => {
+                obs.topics_problem = Some(("KafkaUnavailable".into(), e.to_string()));
+                obs.topics.clear();
+                write_status(ctx, &api, p, &obs).await?;
+                return Err(Error::KafkaUnavailable(e));
+            }
+        }
+    }
+    if let Some((reason, _)) = problems.first() {
+        let message = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+        obs.topics_problem = Some((reason.clone(), message));
+    }
+
+    // Children: built pure, applied with server-side apply.
+    let settings = &ctx.settings.children;
+    let config = children::runner_config(p, settings)?;
+    let hash = children::config_hash(&config);
+    let (replicas, capped) = children::desired_replicas(p, input_partitions);
+    obs.replicas = replicas;
+    obs.capped = capped;
+    obs.paused = p.spec.lifecycle == Lifecycle::Paused;
+    obs.config_hash = Some(hash.clone());
+    apply_child(ctx, &namespace, &children::config_map(p, &config)?).await?;
+    apply_child(ctx, &namespace, &children::service(p)?).await?;
+    if let Some(pvc) = children::history_claim(p)? {
+        apply_child(ctx, &namespace, &pvc).await?;
+    }
+    apply_child(ctx, &namespace, &dashboard::dashboard(p)?).await?;
+    apply_child(ctx, &namespace, &dashboard::loki_rules(p)?).await?;
+    let deployment =
+        apply_child(ctx, &namespace, &children::deployment(p, settings, &hash, replicas)?).await?;
+    let ds = deployment.status.unwrap_or_default();
+    let generation_seen = ds.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let updated = ds.updated_replicas.unwrap_or(0);
+    obs.rollout_current = generation_seen && (replicas == 0 || updated >= replicas);
+    obs.ready_replicas =
+        Some(ds.ready_replicas.unwrap_or(0).min(if obs.rollout_current { i32::MAX } else { updated }));
+
+    // Lag: from the broker, at most once per interval.
+    obs.lag = ctx
+        .cached_lag(&key(p), async {
+            let group = Pipeline::consumer_group(&namespace, &name);
+            kafka
+                .lag(
+                    &group,
+                    &p.spec.input.topic.name,
+                    input_partitions.unwrap_or(p.spec.input.topic.partitions),
+                )
+                .await
+        })
+        .await;
+
+    let st = write_status(ctx, &api, p, &obs).await?;
+    ctx.forget_failures(&key(p));
+    let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    Ok(match ctx.settings.lag_interval {
+        Some(i) if ready => Action::requeue(i),
+        _ => Action::await_change(),
+    })
+}
+
+/// Apply one child with server-side apply, as the operator's field manager.
+async fn apply_child<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut body =
+        serde_json::to_value(obj).map_err(|e| Error::Build(BuildError::Serialise(e.to_string())))?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::ApplyChild { kind: kind_name::<K>(), name, source })
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Deployment" => "Deployment",
+        "ConfigMap" => "ConfigMap",
+        "Service" => "Service",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        _ => "object",
+    }
+}
+
+/// Kafka client properties from a Secret (`None` when it does not exist).
+async fn read_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = api.get_opt(name).await.map_err(|source| Error::ReadSecret { name: name.into(), source })?;
+    Ok(secret.map(|s| {
+        let mut props = BTreeMap::new();
+        for (k, v) in s.data.unwrap_or_default() {
+            // Certificate files are only meaningful mounted (the runner gets
+            // them as files); the operator connects with the plain settings.
+            if matches!(k.as_str(), "ca.crt" | "tls.crt" | "tls.key") {
+                continue;
+            }
+            props.insert(k, String::from_utf8_lossy(&v.0).trim().to_string());
+        }
+        props
+    }))
+}
+
+/// Compute and write the status if it changed; emit Events for conditions
+/// that changed.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<Pipeline>,
+    p: &Pipeline,
+    obs: &Observation,
+) -> Result<PipelineStatus, Error> {
+    let now = Time(jiff_now());
+    let old = p.status.as_ref();
+    let new = status::compute(obs, old, now);
+    if old == Some(&new) {
+        return Ok(new);
+    }
+    let body = serde_json::json!({
+        "apiVersion": Pipeline::api_version(&()),
+        "kind": "Pipeline",
+        "status": new,
+    });
+    api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::PatchStatus)?;
+    for c in status::changed(old, &new) {
+        let type_ =
+            if c.status == "True" || c.reason == "Paused" { EventType::Normal } else { EventType::Warning };
+        publish(ctx, p, type_, &c.reason, &format!("{} is {}: {}", c.type_, c.status, c.message)).await;
+    }
+    Ok(new)
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+/// Emit an Event about the Pipeline; failures are logged, never fatal.
+pub async fn publish(ctx: &Context, p: &Pipeline, type_: EventType, reason: &str, note: &str) {
+    let reference: ObjectReference = p.object_ref(&());
+    let ev = KubeEvent {
+        type_,
+        reason: reason.chars().take(128).collect(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        warn!(error = %e, "Could not publish an Event");
+    }
+}
+
+/// The finalizer: delete topics when the policy says so. Children go with
+/// the Pipeline through their owner references.
+async fn cleanup(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
+    if p.spec.topic_deletion_policy == TopicDeletionPolicy::Retain {
+        info!(pipeline = %key(p), "Pipeline deleted; topics retained");
+        return Ok(Action::await_change());
+    }
+    let names =
+        [p.spec.input.topic.name.as_str(), p.spec.output.name.as_str(), p.spec.dead_letter.name.as_str()];
+    let bootstrap =
+        p.spec.kafka.bootstrap_servers.clone().or_else(|| ctx.settings.children.kafka_bootstrap.clone());
+    let props = match &p.spec.kafka.secret_ref {
+        Some(r) => read_secret(ctx, &p.namespace().unwrap_or_default(), &r.name)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let result = match bootstrap {
+        Some(b) => match ctx.kafka(&b, &props) {
+            Ok(k) => k.delete(&names).await,
+            Err(e) => Err(e),
+        },
+        None => Err(KafkaError("no Kafka bootstrap servers known".into())),
+    };
+    match result {
+        Ok(()) => {
+            info!(pipeline = %key(p), topics = ?names, "Pipeline deleted; topics deleted");
+            ctx.forget_cleanup(&key(p));
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let (attempts, since) = ctx.cleanup_attempt(&key(p));
+            if attempts >= CLEANUP_ATTEMPTS || since >= CLEANUP_DEADLINE {
+                let note = format!(
+                    "gave up deleting topics {} after {attempts} attempts over {}s: {e}; they must be deleted by hand",
+                    names.join(", "),
+                    since.as_secs()
+                );
+                warn!(pipeline = %key(p), "{note}");
+                publish(ctx, p, EventType::Warning, "TopicDeletionAbandoned", &note).await;
+                ctx.forget_cleanup(&key(p));
+                // Released: the finalizer helper removes the finalizer on Ok.
+                return Ok(Action::await_change());
+            }
+            Err(Error::KafkaUnavailable(e))
+        }
+    }
+}
+
+/// The owned kinds the controller watches (for `.owns()`).
+pub type Owned = (ConfigMap, Deployment, Service, PersistentVolumeClaim);

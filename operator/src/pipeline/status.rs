@@ -1,0 +1,324 @@
+//! The status a Pipeline reports, computed from what was observed (pure).
+//!
+//! Conditions: `TopicsReady` (every topic exists as specified),
+//! `RunnersReady` (the Deployment's ready pods, not its existence),
+//! `ModelReady` (only with `detector.modelRef`), `ReplicasCapped`, and
+//! `Ready` (all of them). A condition's `lastTransitionTime` changes only
+//! when its status does.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use vigil_crds::condition::{FALSE, TRUE, UNKNOWN};
+use vigil_crds::pipeline::{PipelinePhase, PipelineStatus, TopicStatus};
+
+/// Everything a status is computed from.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Why the spec is invalid, if it is (permanent until it changes).
+    pub invalid: Option<(String, String)>,
+    /// Topic states, when Kafka could be asked.
+    pub topics: Vec<TopicStatus>,
+    /// Why topics are not as specified: (reason, message).
+    pub topics_problem: Option<(String, String)>,
+    /// Runner pods wanted.
+    pub replicas: i32,
+    /// Whether `replicas` was capped at the input partitions.
+    pub capped: bool,
+    /// Ready and up-to-date runner pods.
+    pub ready_replicas: Option<i32>,
+    /// Whether the Deployment controller has seen the latest Deployment spec.
+    pub rollout_current: bool,
+    /// Consumer lag, when measured.
+    pub lag: Option<i64>,
+    /// Paused on request.
+    pub paused: bool,
+    /// With a modelRef: (ready, reason, message).
+    pub model: Option<(bool, String, String)>,
+    /// The runner config hash rolled out.
+    pub config_hash: Option<String>,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { TRUE } else { FALSE }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Keep the previous transition time when the status did not change.
+fn carry_over(mut conditions: Vec<Condition>, previous: &[Condition]) -> Vec<Condition> {
+    for c in &mut conditions {
+        if let Some(p) = previous.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+    }
+    conditions
+}
+
+/// The status for `obs`, given the previous one.
+pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) -> PipelineStatus {
+    let g = obs.generation;
+    let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let mut conditions = Vec::new();
+    let phase;
+    if let Some((reason, message)) = &obs.invalid {
+        conditions.push(condition("Ready", false, reason, message.clone(), g, &now));
+        let mut status = previous.cloned().unwrap_or_default();
+        status.observed_generation = g;
+        status.phase = Some(PipelinePhase::Failed);
+        status.conditions = carry_over(conditions, prev);
+        return status;
+    }
+
+    let topics_ok = obs.topics_problem.is_none() && !obs.topics.is_empty();
+    conditions.push(match &obs.topics_problem {
+        Some((reason, message)) => condition("TopicsReady", false, reason, message.clone(), g, &now),
+        None if topics_ok => condition(
+            "TopicsReady",
+            true,
+            "TopicsReady",
+            "input, output and dead-letter topics exist as specified".into(),
+            g,
+            &now,
+        ),
+        None => Condition {
+            status: UNKNOWN.into(),
+            ..condition("TopicsReady", false, "Pending", "topics not checked yet".into(), g, &now)
+        },
+    });
+
+    let ready = obs.ready_replicas.unwrap_or(0);
+    let runners_ok = obs.rollout_current && ready >= obs.replicas;
+    conditions.push(if obs.paused {
+        condition(
+            "RunnersReady",
+            true,
+            "Paused",
+            "paused: runners scaled to zero, topics and offsets kept".into(),
+            g,
+            &now,
+        )
+    } else if runners_ok {
+        condition(
+            "RunnersReady",
+            true,
+            "RunnersReady",
+            format!("{ready}/{} runners ready", obs.replicas),
+            g,
+            &now,
+        )
+    } else if !obs.rollout_current {
+        condition(
+            "RunnersReady",
+            false,
+            "RollingOut",
+            format!("rolling out the runners ({ready}/{} ready)", obs.replicas),
+            g,
+            &now,
+        )
+    } else {
+        condition(
+            "RunnersReady",
+            false,
+            "RunnersNotReady",
+            format!("{ready}/{} runners ready", obs.replicas),
+            g,
+            &now,
+        )
+    });
+
+    conditions.push(if obs.capped {
+        condition(
+            "ReplicasCapped",
+            true,
+            "MoreReplicasThanPartitions",
+            format!("running {} runners, one per input partition; more would idle (grow spec.input.topic.partitions to use more)", obs.replicas),
+            g,
+            &now,
+        )
+    } else {
+        condition("ReplicasCapped", false, "WithinPartitions", "one runner or fewer per input partition".into(), g, &now)
+    });
+
+    let model_ok = match &obs.model {
+        Some((ok, reason, message)) => {
+            conditions.push(condition("ModelReady", *ok, reason, message.clone(), g, &now));
+            *ok
+        }
+        None => true,
+    };
+
+    let all = topics_ok && (runners_ok || obs.paused) && model_ok;
+    let (reason, message) = if all {
+        if obs.paused {
+            ("Paused", "paused on request".to_string())
+        } else {
+            ("Ready", "the pipeline is running".to_string())
+        }
+    } else {
+        let first_false = conditions.iter().find(|c| c.status != TRUE && c.type_ != "ReplicasCapped");
+        match first_false {
+            Some(c) => (c.reason.as_str(), format!("{}: {}", c.type_, c.message)),
+            None => ("Pending", "waiting".into()),
+        }
+    };
+    conditions.push(condition("Ready", all, reason, message, g, &now));
+
+    phase = if all {
+        if obs.paused { PipelinePhase::Paused } else { PipelinePhase::Running }
+    } else if obs.topics_problem.is_some() && !obs.topics.is_empty() {
+        PipelinePhase::Degraded
+    } else if obs.topics.is_empty() || obs.ready_replicas.is_none() {
+        PipelinePhase::Provisioning
+    } else if ready > 0 {
+        PipelinePhase::Degraded
+    } else {
+        PipelinePhase::Provisioning
+    };
+
+    PipelineStatus {
+        observed_generation: g,
+        phase: Some(phase),
+        conditions: carry_over(conditions, prev),
+        topics: obs.topics.clone(),
+        replicas: Some(obs.replicas),
+        ready_replicas: obs.ready_replicas,
+        consumer_lag: obs.lag.or_else(|| previous.and_then(|p| p.consumer_lag)),
+        model_version: previous.and_then(|p| p.model_version),
+        config_hash: obs.config_hash.clone(),
+    }
+}
+
+/// Condition types whose status differs between two statuses, with the new
+/// condition: what Events are emitted for.
+pub fn changed<'a>(old: Option<&PipelineStatus>, new: &'a PipelineStatus) -> Vec<&'a Condition> {
+    new.conditions
+        .iter()
+        .filter(|c| {
+            !old.is_some_and(|o| {
+                o.conditions
+                    .iter()
+                    .any(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason)
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_crds::pipeline::TopicRole;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn ready_obs() -> Observation {
+        Observation {
+            generation: Some(2),
+            topics: vec![TopicStatus {
+                role: TopicRole::Input,
+                name: "in".into(),
+                partitions: Some(3),
+                state: "Ready".into(),
+                message: None,
+            }],
+            replicas: 2,
+            ready_replicas: Some(2),
+            rollout_current: true,
+            ..Observation::default()
+        }
+    }
+
+    fn get<'a>(s: &'a PipelineStatus, ty: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == ty).unwrap()
+    }
+
+    #[test]
+    fn ready_only_when_topics_and_ready_pods_are_there() {
+        let s = compute(&ready_obs(), None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(get(&s, "Ready").status, "True");
+        assert_eq!(s.phase, Some(PipelinePhase::Running));
+        assert_eq!(s.observed_generation, Some(2));
+
+        let mut o = ready_obs();
+        o.ready_replicas = Some(1);
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(get(&s, "RunnersReady").status, "False");
+        assert_eq!(get(&s, "Ready").reason, "RunnersNotReady");
+        assert_eq!(s.phase, Some(PipelinePhase::Degraded));
+    }
+
+    #[test]
+    fn a_deployment_that_exists_but_has_no_ready_pod_is_not_ready() {
+        let mut o = ready_obs();
+        o.ready_replicas = Some(0);
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(s.phase, Some(PipelinePhase::Provisioning));
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_the_status() {
+        let first = compute(&ready_obs(), None, t("2026-11-28T10:00:00Z"));
+        let again = compute(&ready_obs(), Some(&first), t("2026-11-28T11:00:00Z"));
+        assert_eq!(get(&again, "Ready").last_transition_time, t("2026-11-28T10:00:00Z"));
+        assert!(changed(Some(&first), &again).is_empty(), "no events when nothing changed");
+        let mut o = ready_obs();
+        o.ready_replicas = Some(0);
+        let down = compute(&o, Some(&again), t("2026-11-28T12:00:00Z"));
+        assert_eq!(get(&down, "Ready").last_transition_time, t("2026-11-28T12:00:00Z"));
+        let types: Vec<&str> = changed(Some(&again), &down).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["RunnersReady", "Ready"]);
+    }
+
+    #[test]
+    fn a_topic_problem_or_invalid_spec_is_not_ready_with_the_reason() {
+        let mut o = ready_obs();
+        o.topics_problem = Some(("PartitionDecreaseNotSupported".into(), "topic in has 3 partitions".into()));
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(get(&s, "TopicsReady").reason, "PartitionDecreaseNotSupported");
+        assert_eq!(get(&s, "Ready").reason, "PartitionDecreaseNotSupported");
+
+        let o = Observation {
+            generation: Some(3),
+            invalid: Some(("InvalidSpec".into(), "spec.detector...".into())),
+            ..Observation::default()
+        };
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(s.phase, Some(PipelinePhase::Failed));
+        assert_eq!(get(&s, "Ready").reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn paused_is_ready_with_no_runners() {
+        let mut o = ready_obs();
+        o.paused = true;
+        o.replicas = 0;
+        o.ready_replicas = Some(0);
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(s.phase, Some(PipelinePhase::Paused));
+        assert_eq!(get(&s, "Ready").reason, "Paused");
+    }
+
+    #[test]
+    fn capped_replicas_are_reported() {
+        let mut o = ready_obs();
+        o.capped = true;
+        let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
+        assert_eq!(get(&s, "ReplicasCapped").status, "True");
+        assert_eq!(get(&s, "Ready").status, "True", "capping is information, not a failure");
+    }
+}

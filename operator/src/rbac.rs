@@ -1,0 +1,50 @@
+//! The operator's permissions, in one place: the Helm chart's ClusterRole
+//! is generated from this (`vigil-operator rbac`), and a test runs the
+//! operator under exactly these rules against a real API server.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+/// Exactly the verbs the operator uses, and what for.
+pub fn rules() -> Vec<PolicyRule> {
+    vec![
+        // Watch Pipelines; the finalizer is added and removed with patches.
+        rule("vigil.dev", &["pipelines"], &["get", "list", "watch", "patch"]),
+        rule("vigil.dev", &["pipelines/status"], &["patch"]),
+        // Owner references with blockOwnerDeletion need update on finalizers.
+        rule("vigil.dev", &["pipelines/finalizers"], &["update"]),
+        // A Pipeline's modelRef is dereferenced.
+        rule("vigil.dev", &["models"], &["get"]),
+        // Children, applied server-side and watched for drift.
+        rule("apps", &["deployments"], &["get", "list", "watch", "create", "patch"]),
+        rule(
+            "",
+            &["configmaps", "services", "persistentvolumeclaims"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        // spec.kafka.secretRef is read for the operator's own Kafka connection.
+        rule("", &["secrets"], &["get"]),
+        // Events on Pipelines.
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+        // Leader election.
+        rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
+    ]
+}
+
+/// The ClusterRole named `name`.
+pub fn cluster_role(name: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta { name: Some(name.to_string()), ..ObjectMeta::default() },
+        rules: Some(rules()),
+        aggregation_rule: None,
+    }
+}
