@@ -9,9 +9,11 @@
 #   k8s.sh stop    stop all three
 #   k8s.sh wipe    stop and delete the cluster's data
 #
-# kube-controller-manager runs the garbage collector (owner references), the
-# namespace controller (namespace deletion finishes) and the Deployment and
-# ReplicaSet controllers. VIGIL_K8S_CONTROLLER_MANAGER=0 skips it.
+# kube-controller-manager runs the garbage collector (owner references) and
+# the namespace controller (namespace deletion finishes). The Deployment
+# controller is left out on purpose: tests play the kubelet by writing a
+# Deployment's status, which that controller would overwrite.
+# VIGIL_K8S_CONTROLLER_MANAGER=0 skips it.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 BIN="$VIGIL_CACHE/bin"
@@ -144,7 +146,7 @@ start() {
       --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" \
       --authorization-kubeconfig="$DIR/kubeconfig" \
       --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
-      --controllers=garbagecollector,namespace,deployment,replicaset,serviceaccount \
+      --controllers=garbagecollector,namespace,serviceaccount \
       --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
       --use-service-account-credentials=false \
       > "$DIR/logs/controller-manager.log" 2>&1 < /dev/null &

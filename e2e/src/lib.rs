@@ -101,23 +101,32 @@ pub fn kafka() -> &'static str {
     })
 }
 
-/// Stop the harness broker and start it again on the same port with the
-/// same data (for broker-restart tests; run them in a test binary of their
-/// own, as every other Kafka test of that binary sees the outage). `down`
-/// is how long it stays stopped.
-pub fn restart_kafka(down: Duration) -> Result<()> {
-    kafka();
+fn kafka_script(arg: &str) -> Result<()> {
     let script = repo_dir().join("e2e/lib/kafka.sh");
-    let run = |arg: &str| -> Result<()> {
-        let out = Command::new(&script).arg(arg).output()?;
-        if !out.status.success() {
-            bail!("kafka.sh {arg} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    run("stop")?;
+    let out = Command::new(&script).arg(arg).output()?;
+    if !out.status.success() {
+        bail!("kafka.sh {arg} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Stop the harness broker (for outage tests; run them in a test binary of
+/// their own, as every other Kafka test of that binary sees the outage).
+pub fn stop_kafka() -> Result<()> {
+    kafka();
+    kafka_script("stop")
+}
+
+/// Start the harness broker again on the same port with the same data.
+pub fn start_kafka() -> Result<()> {
+    kafka_script("start")
+}
+
+/// Stop the broker, wait `down`, start it again.
+pub fn restart_kafka(down: Duration) -> Result<()> {
+    stop_kafka()?;
     std::thread::sleep(down);
-    run("start")
+    start_kafka()
 }
 
 /// The kubeconfig of the real API server, started if needed.

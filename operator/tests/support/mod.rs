@@ -1,0 +1,171 @@
+//! Helpers for operator tests against the real API server and broker: an
+//! operator of the test's own (watching only its namespace), Pipelines with
+//! topics of their own, waiting on status, and playing the kubelet.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use vigil_crds::Pipeline;
+use vigil_operator::context::Settings;
+use vigil_operator::pipeline::children;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An operator running in this process for one namespace.
+pub struct Operator {
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub port: u16,
+}
+
+impl Operator {
+    pub fn start(client: Client, namespace: &str) -> Operator {
+        Self::start_with(client, namespace, None)
+    }
+
+    pub fn start_with(client: Client, namespace: &str, lease: Option<(String, String)>) -> Operator {
+        let port = free_port();
+        let opts = vigil_operator::controller::Options {
+            settings: Settings {
+                children: children::Settings {
+                    runner_image: "ghcr.io/vigil-dev/vigil-runner:test".into(),
+                    kafka_bootstrap: Some(vigil_e2e::kafka().to_string()),
+                },
+                lag_interval: Some(Duration::from_secs(2)),
+            },
+            namespace: Some(namespace.to_string()),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            lease,
+            identity: format!("test-{port}"),
+        };
+        Operator { handle: tokio::spawn(vigil_operator::controller::run(opts, client)), port }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// A Pipeline manifest whose topics are named after `prefix`.
+pub fn pipeline_yaml(name: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  input:
+    topic: {{name: {prefix}-in, partitions: 3, config: {{retention.ms: "3600000"}}}}
+    keyField: host
+  transforms:
+    - filter: {{expr: "cpu >= 0.0"}}
+  detector: {{algorithm: robustZ, features: [cpu]}}
+  output: {{name: {prefix}-out, partitions: 2}}
+  deadLetter: {{name: {prefix}-dlq}}
+{extra}"#
+    )
+}
+
+pub fn parse(yaml: &str) -> Pipeline {
+    vigil_crds::manifest::single_pipeline(yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Create a Pipeline as written: admission decides, not the offline checks.
+pub async fn create(api: &Api<Pipeline>, yaml: &str) -> Pipeline {
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("YAML");
+    let p: Pipeline = serde_json::from_value(value).expect("a Pipeline");
+    api.create(&PostParams::default(), &p).await.expect("Pipeline created")
+}
+
+/// Replace the spec (as `kubectl apply` would).
+pub async fn update_spec(api: &Api<Pipeline>, yaml: &str) {
+    let p = parse(yaml);
+    let patch = serde_json::json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "Pipeline", "spec": p.spec});
+    api.patch(&p.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&patch)).await.expect("spec updated");
+}
+
+/// Poll until `check` returns Some, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The condition `type_` of a Pipeline's status: (status, reason, message).
+pub fn condition(p: &Pipeline, type_: &str) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub async fn wait_condition(
+    api: &Api<Pipeline>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: Duration,
+) -> Pipeline {
+    eventually(timeout, &format!("{name} {type_}={status}"), || async {
+        let p = api.get(name).await.ok()?;
+        let fresh = p.status.as_ref()?.observed_generation == p.metadata.generation;
+        (fresh && condition(&p, type_).is_some_and(|c| c.0 == status)).then_some(p)
+    })
+    .await
+}
+
+/// Play the kubelet: report the Deployment's pods as ready.
+pub async fn mark_ready(client: &Client, namespace: &str, name: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let d = api.get(name).await.expect("deployment exists");
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = serde_json::json!({
+        "status": {
+            "observedGeneration": d.metadata.generation,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }
+    });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("deployment status");
+}
+
+/// Keep marking the Deployment ready while a test runs (the operator's
+/// changes bump its generation, as a rollout would).
+pub fn keep_ready(client: Client, namespace: String, name: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            if let Ok(d) = api.get(&name).await {
+                let s = d.status.clone().unwrap_or_default();
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                if s.observed_generation != d.metadata.generation || s.ready_replicas.unwrap_or(0) != want {
+                    mark_ready(&client, &namespace, &name).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
