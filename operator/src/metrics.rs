@@ -69,7 +69,11 @@ impl Default for Metrics {
             "Reconcile durations",
             duration.clone(),
         );
-        registry.register("vigil_operator_leader", "1 while this replica leads", leader.clone());
+        registry.register(
+            "vigil_operator_leader",
+            "Whether this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics { registry, reconciles, failures, duration, leader, ready: AtomicBool::new(false) }
     }
 }

@@ -33,7 +33,8 @@ async fn real_k8s_kafka_outage_is_reported_survived_and_recovered_and_deletion_i
     // test reports, so later tests find it up.
     let result = std::panic::AssertUnwindSafe(async {
         // A spec change makes the operator talk to Kafka now.
-        let changed = pipeline_yaml("o", &t, "").replace("features: [cpu]}", "features: [cpu], threshold: 0.99}");
+        let changed =
+            pipeline_yaml("o", &t, "").replace("features: [cpu]}", "features: [cpu], threshold: 0.99}");
         update_spec(&api, &changed).await;
         let p = wait_condition(&api, "o", "TopicsReady", "False", Duration::from_secs(60)).await;
         let (_, reason, _) = condition(&p, "TopicsReady").unwrap();
@@ -50,8 +51,14 @@ async fn real_k8s_kafka_outage_is_reported_survived_and_recovered_and_deletion_i
         .await;
         println!("finalizer released after {:?} with Kafka down", started.elapsed());
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns.name);
-        let reasons: Vec<String> =
-            events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+        let reasons: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
         assert!(reasons.iter().any(|r| r == "TopicDeletionAbandoned"), "{reasons:?}");
     })
     .catch_unwind()
@@ -64,7 +71,12 @@ async fn real_k8s_kafka_outage_is_reported_survived_and_recovered_and_deletion_i
     // Back off, then recover without any change to the spec.
     wait_condition(&api, "o", "Ready", "True", Duration::from_secs(120)).await;
     let failures = reqwest_metrics(op.port).await;
-    assert!(failures.contains("vigil_operator_reconcile_failures_total{kind=\"Pipeline\",error=\"KafkaUnavailable\"}"), "{failures}");
+    assert!(
+        failures.contains(
+            "vigil_operator_reconcile_failures_total{kind=\"Pipeline\",error=\"KafkaUnavailable\"}"
+        ),
+        "{failures}"
+    );
 
     api.delete("o", &DeleteParams::default()).await.unwrap();
     let _ = kafka::delete_topics(&[

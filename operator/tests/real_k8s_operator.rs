@@ -25,9 +25,10 @@ async fn setup(prefix: &str) -> (Client, TestNamespace, Api<Pipeline>, Operator,
 }
 
 fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, p: &Pipeline) -> bool {
-    meta.owner_references.iter().flatten().any(|o| {
-        o.controller == Some(true) && o.kind == "Pipeline" && Some(&o.uid) == p.meta().uid.as_ref()
-    })
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "Pipeline" && Some(&o.uid) == p.meta().uid.as_ref())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +50,10 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
 
     // Children exist with a controller owner reference.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let d = eventually(Duration::from_secs(30), "deployment", || async { deployments.get("cpu-runner").await.ok() }).await;
+    let d = eventually(Duration::from_secs(30), "deployment", || async {
+        deployments.get("cpu-runner").await.ok()
+    })
+    .await;
     assert!(owned_by(&d.metadata, &p));
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     for name in ["cpu-pipeline", "cpu-dashboard", "cpu-loki-rules"] {
@@ -77,7 +81,8 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
 
     // Events were recorded for the transitions.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns.name);
-    let reasons: Vec<String> = events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    let reasons: Vec<String> =
+        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
 
     api.delete("cpu", &DeleteParams::default()).await.unwrap();
@@ -142,15 +147,23 @@ async fn real_k8s_drift_in_children_and_topic_config_is_corrected() {
     // Someone scales the runners by hand and edits the config.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     deployments
-        .patch("d-runner", &PatchParams::apply("someone").force(), &Patch::Apply(serde_json::json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7}
-        })))
+        .patch(
+            "d-runner",
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7}
+            })),
+        )
         .await
         .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    cms.patch("d-pipeline", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"pipeline.yaml": "hacked"}})))
-        .await
-        .unwrap();
+    cms.patch(
+        "d-pipeline",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"pipeline.yaml": "hacked"}})),
+    )
+    .await
+    .unwrap();
     eventually(Duration::from_secs(30), "replicas and config restored", || async {
         let d = deployments.get("d-runner").await.ok()?;
         let cm = cms.get("d-pipeline").await.ok()?;
@@ -161,8 +174,8 @@ async fn real_k8s_drift_in_children_and_topic_config_is_corrected() {
     // Someone changes the input topic's retention in Kafka.
     let admin = vigil_e2e::kafka::admin().unwrap();
     let in_topic = format!("{t}-in");
-    let alter =
-        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&in_topic)).set("retention.ms", "1000");
+    let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&in_topic))
+        .set("retention.ms", "1000");
     admin.alter_configs(&[alter], &rdkafka::admin::AdminOptions::new()).await.unwrap();
     eventually(Duration::from_secs(30), "retention.ms restored", || async {
         let c = kafka::topic_config(&format!("{t}-in")).await.ok()?;
@@ -199,7 +212,8 @@ async fn real_k8s_pause_scales_to_zero_and_resume_restores() {
     eventually(Duration::from_secs(30), "resumed", || async {
         let d = deployments.get("z-runner").await.ok()?;
         let p = api.get("z").await.ok()?;
-        (d.spec?.replicas == Some(2) && p.status?.phase == Some(vigil_crds::pipeline::PipelinePhase::Running)).then_some(())
+        (d.spec?.replicas == Some(2) && p.status?.phase == Some(vigil_crds::pipeline::PipelinePhase::Running))
+            .then_some(())
     })
     .await;
 
@@ -228,14 +242,24 @@ async fn real_k8s_deletion_retains_or_deletes_topics_as_the_policy_says() {
     })
     .await;
     for suffix in ["in", "out", "dlq"] {
-        assert!(kafka::partitions(&format!("{retain_t}-{suffix}")).unwrap().is_some(), "Retain kept {suffix}");
+        assert!(
+            kafka::partitions(&format!("{retain_t}-{suffix}")).unwrap().is_some(),
+            "Retain kept {suffix}"
+        );
     }
     eventually(Duration::from_secs(30), "Delete removed the topics", || async {
-        let gone = ["in", "out", "dlq"].iter().all(|s| kafka::partitions(&format!("{delete_t}-{s}")).ok().flatten().is_none());
+        let gone = ["in", "out", "dlq"]
+            .iter()
+            .all(|s| kafka::partitions(&format!("{delete_t}-{s}")).ok().flatten().is_none());
         gone.then_some(())
     })
     .await;
-    let _ = kafka::delete_topics(&[&format!("{retain_t}-in"), &format!("{retain_t}-out"), &format!("{retain_t}-dlq")]).await;
+    let _ = kafka::delete_topics(&[
+        &format!("{retain_t}-in"),
+        &format!("{retain_t}-out"),
+        &format!("{retain_t}-dlq"),
+    ])
+    .await;
     ns.cleanup().await.unwrap();
 }
 
@@ -254,7 +278,11 @@ async fn real_k8s_an_invalid_spec_is_reported_and_waits_for_a_change() {
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("spec.detector.features[0]"), "{message}");
     assert_eq!(p.status.unwrap().phase, Some(vigil_crds::pipeline::PipelinePhase::Failed));
-    assert_eq!(kafka::partitions(&format!("{t}-in")).unwrap(), None, "nothing provisioned for an invalid spec");
+    assert_eq!(
+        kafka::partitions(&format!("{t}-in")).unwrap(),
+        None,
+        "nothing provisioned for an invalid spec"
+    );
     api.delete("bad", &DeleteParams::default()).await.unwrap();
     ns.cleanup().await.unwrap();
 }

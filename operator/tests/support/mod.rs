@@ -13,8 +13,18 @@ use vigil_crds::Pipeline;
 use vigil_operator::context::Settings;
 use vigil_operator::pipeline::children;
 
+/// A free port, never the same twice in one process (the OS may hand out a
+/// just-released port again).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An operator running in this process for one namespace.
@@ -29,6 +39,8 @@ impl Operator {
     }
 
     pub fn start_with(client: Client, namespace: &str, lease: Option<(String, String)>) -> Operator {
+        let _ =
+            tracing_subscriber::fmt().with_test_writer().with_env_filter("vigil_operator=info").try_init();
         let port = free_port();
         let opts = vigil_operator::controller::Options {
             settings: Settings {
@@ -91,7 +103,9 @@ pub async fn create(api: &Api<Pipeline>, yaml: &str) -> Pipeline {
 pub async fn update_spec(api: &Api<Pipeline>, yaml: &str) {
     let p = parse(yaml);
     let patch = serde_json::json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "Pipeline", "spec": p.spec});
-    api.patch(&p.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&patch)).await.expect("spec updated");
+    api.patch(&p.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&patch))
+        .await
+        .expect("spec updated");
 }
 
 /// Poll until `check` returns Some, or panic with `what` after `timeout`.

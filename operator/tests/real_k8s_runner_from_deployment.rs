@@ -1,0 +1,100 @@
+//! The runner the operator deploys actually runs: the test plays the
+//! kubelet, starting `vigil run` with the Deployment's container args and
+//! env and the ConfigMap's content, then sends records through the topics
+//! the operator created and reads scored records back.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams};
+use support::*;
+use vigil_crds::Pipeline;
+use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
+
+/// The `vigil` binary of this workspace (built by `cargo test --workspace`;
+/// built here when a narrower command did not).
+fn vigil_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let bin = dir.join("vigil");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status =
+            Command::new(cargo).args(["build", "-p", "vigil-runner", "--bin", "vigil"]).status().unwrap();
+        assert!(status.success(), "building the runner");
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_k8s_the_deployed_runner_scores_records_from_the_operators_topics() {
+    let client = kube_client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "op-runner").await.unwrap();
+    let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let _op = Operator::start(client.clone(), &ns.name);
+    let t = unique_name("op-runner");
+    create(&api, &pipeline_yaml("r", &t, "")).await;
+    wait_condition(&api, "r", "TopicsReady", "True", Duration::from_secs(60)).await;
+
+    // What the kubelet would get: the pod template and the mounted ConfigMap.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = eventually(Duration::from_secs(30), "deployment", || async {
+        deployments.get("r-runner").await.ok()
+    })
+    .await;
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let config = cms.get("r-pipeline").await.unwrap().data.unwrap()["pipeline.yaml"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("etc-vigil");
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::write(mount.join("pipeline.yaml"), &config).unwrap();
+
+    let port = free_port();
+    let mut cmd = Command::new(vigil_binary());
+    cmd.args(container.args.clone().unwrap_or_default());
+    for e in container.env.clone().unwrap_or_default() {
+        let value = match (e.name.as_str(), e.value, e.value_from) {
+            // Paths and addresses of the pod, mapped onto this machine.
+            ("VIGIL_PIPELINE_FILE", Some(v), _) => v.replace("/etc/vigil", mount.to_str().unwrap()),
+            ("VIGIL_LISTEN", Some(_), _) => format!("127.0.0.1:{port}"),
+            (_, Some(v), _) => v,
+            (_, None, Some(from)) => {
+                let field = from.field_ref.expect("only fieldRefs are used").field_path;
+                assert_eq!(field, "metadata.namespace");
+                ns.name.clone()
+            }
+            (name, None, None) => panic!("env {name} has no value"),
+        };
+        cmd.env(&e.name, value);
+    }
+    let log = std::fs::File::create(dir.path().join("runner.log")).unwrap();
+    let mut child = cmd.env("HOSTNAME", "r-runner-0").stdout(Stdio::null()).stderr(log).spawn().unwrap();
+
+    let records: Vec<String> =
+        (0..200).map(|i| format!(r#"{{"id": {i}, "host": "h{}", "cpu": {}}}"#, i % 4, 50 + i % 9)).collect();
+    let pairs: Vec<(Option<&str>, &[u8])> = records.iter().map(|r| (Some("h"), r.as_bytes())).collect();
+    kafka::produce(&format!("{t}-in"), &pairs).await.unwrap();
+    let out = kafka::drain(&format!("{t}-out"), 200, Duration::from_secs(60), false).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("runner.log")).unwrap_or_default();
+    assert_eq!(out.len(), 200, "scored records read back; runner log:\n{log}");
+    let v: serde_json::Value = serde_json::from_slice(&out[0].value).unwrap();
+    assert!(v["anomaly"]["score"].is_number() && v["id"].is_number(), "{v}");
+    assert!(
+        log.contains(&format!("vigil.{}.r", ns.name)),
+        "the runner used the operator's consumer group:\n{log}"
+    );
+
+    api.delete("r", &DeleteParams::default()).await.unwrap();
+    let _ = kafka::delete_topics(&[&format!("{t}-in"), &format!("{t}-out"), &format!("{t}-dlq")]).await;
+    ns.cleanup().await.unwrap();
+}
