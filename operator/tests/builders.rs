@@ -242,6 +242,9 @@ fn the_dashboard_and_loki_rules_carry_their_sidecar_labels() {
         .map(|r| r["alert"].as_str().unwrap())
         .collect();
     assert_eq!(alerts, ["VigilRunnerErrorBurst", "VigilAnomalyRateSpike"]);
+    // The anomaly rule counts the line the runner really logs.
+    assert_eq!(dashboard::ANOMALY_LOG_MESSAGE, vigil_runner::run::ANOMALY_LOG_MESSAGE);
+    assert!(text.contains(vigil_runner::run::ANOMALY_LOG_MESSAGE));
     assert!(
         text.contains(r#"pod=~\"cpu-anomalies-runner-.*\""#) || text.contains("cpu-anomalies-runner-.*"),
         "{text}"

@@ -543,6 +543,10 @@ fn process_message(
         let sent = match ev {
             Event::Output(o) => {
                 shared.metrics.score.observe(o.score.unwrap_or(0.0));
+                if o.is_anomaly && anomaly_log_allowed() {
+                    info!(key = %o.key, score = o.score.unwrap_or(0.0), partition = m.partition(), offset = m.offset(),
+                        "{ANOMALY_LOG_MESSAGE}");
+                }
                 let mut rec = BaseRecord::with_opaque_to(output, token).payload(o.json).timestamp(ts);
                 if let Some(k) = m.key() {
                     rec = rec.key(k);
@@ -586,6 +590,24 @@ fn process_message(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The log message of a flagged record (the operator's Loki rule counts it).
+pub const ANOMALY_LOG_MESSAGE: &str = "Anomaly detected";
+
+/// At most this many "Anomaly detected" log lines per second: enough for
+/// the Loki anomaly-rate rule and for a human, not a flood when a whole
+/// stream turns anomalous (the `vigil_anomalies_total` metric counts all).
+const ANOMALY_LOGS_PER_SECOND: u64 = 50;
+
+fn anomaly_log_allowed() -> bool {
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let now = now_secs();
+    if WINDOW.swap(now, Ordering::Relaxed) != now {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    COUNT.fetch_add(1, Ordering::Relaxed) < ANOMALY_LOGS_PER_SECOND
 }
 
 /// Enqueue a record, waiting for room when the producer's queue is full.

@@ -1,0 +1,202 @@
+//! Operator benchmarks against the real API server and broker of the e2e
+//! harness, with the operator as a separate process (release build):
+//!
+//! 1. apply -> Ready latency of one Pipeline (the bench marks its Deployment
+//!    ready, as there is no kubelet), over several runs;
+//! 2. N Pipelines applied at once: time until all are Ready, the operator's
+//!    peak memory, and its CPU over a quiet minute afterwards.
+//!
+//! `cargo bench -p vigil-operator --bench scale [-- --pipelines N --idle-seconds S --lag-interval S]`
+//! prints the figures recorded in operator/BENCHMARKS.md.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use vigil_crds::Pipeline;
+use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pipeline(name: &str, topics: &str) -> Pipeline {
+    let yaml = format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  input: {{topic: {{name: {topics}-in}}, keyField: host}}
+  detector: {{algorithm: robustZ, features: [cpu]}}
+  output: {{name: {topics}-out}}
+  deadLetter: {{name: {topics}-dlq}}
+  topicDeletionPolicy: Delete
+"#
+    );
+    let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    serde_json::from_value(value).unwrap()
+}
+
+fn start_operator(namespace: &str, lag_interval: u64) -> Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
+        .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--lag-interval", &lag_interval.to_string()])
+        .env("KUBECONFIG", vigil_e2e::kubeconfig())
+        .env("VIGIL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("vigil-operator starts")
+}
+
+/// (peak RSS KiB, current RSS KiB, CPU seconds) of a process, from /proc.
+fn proc_stats(pid: u32) -> (u64, u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/pid/stat (11 and 12 after the command).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (kib("VmHWM:"), kib("VmRSS:"), cpu)
+}
+
+/// Mark every Deployment in the namespace ready whose status lags its spec.
+async fn play_kubelet(client: &Client, namespace: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = api.list(&ListParams::default()).await else { return };
+    for d in list.items {
+        let s = d.status.clone().unwrap_or_default();
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        if s.observed_generation == d.metadata.generation && s.ready_replicas == Some(want) {
+            continue;
+        }
+        let status = serde_json::json!({"status": {
+            "observedGeneration": d.metadata.generation, "replicas": want,
+            "updatedReplicas": want, "readyReplicas": want, "availableReplicas": want,
+        }});
+        let _ = api.patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await;
+    }
+}
+
+fn ready(p: &Pipeline) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.observed_generation == p.metadata.generation
+            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let n = arg("--pipelines", 500) as usize;
+    let idle = arg("--idle-seconds", 60);
+    let lag_interval = arg("--lag-interval", 60);
+    let client = kube_client().await.unwrap();
+    install_crds(&client).await.unwrap();
+
+    // 1. One Pipeline, several times.
+    let ns = TestNamespace::create(&client, "bench-one").await.unwrap();
+    let mut op = start_operator(&ns.name, lag_interval);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let name = format!("one-{i}");
+        let started = Instant::now();
+        api.create(&PostParams::default(), &pipeline(&name, &unique_name("bench1"))).await.unwrap();
+        loop {
+            play_kubelet(&client, &ns.name).await;
+            if api.get(&name).await.is_ok_and(|p| ready(&p)) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{name} not Ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "apply -> Ready for one Pipeline (5 runs): min {:?}, median {:?}, max {:?}",
+        latencies[0], latencies[2], latencies[4]
+    );
+    for i in 0..5 {
+        let _ = api.delete(&format!("one-{i}"), &Default::default()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = op.kill();
+    let _ = op.wait();
+    let _ = ns.cleanup().await;
+
+    // 2. Many at once.
+    let ns = TestNamespace::create(&client, "bench-many").await.unwrap();
+    let mut op = start_operator(&ns.name, lag_interval);
+    let pid = op.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let prefix = unique_name("bench");
+    let started = Instant::now();
+    let creates = (0..n).map(|i| {
+        let api = api.clone();
+        let p = pipeline(&format!("p{i}"), &format!("{prefix}-{i}"));
+        async move { api.create(&PostParams::default(), &p).await }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.unwrap();
+    }
+    println!("created {n} Pipelines in {:?}", started.elapsed());
+    let mut peak_seen = 0;
+    loop {
+        play_kubelet(&client, &ns.name).await;
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let ready_count = list.items.iter().filter(|p| ready(p)).count();
+        peak_seen = peak_seen.max(proc_stats(pid).0);
+        if ready_count == n {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(900), "only {ready_count}/{n} Ready after 15 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_ready = started.elapsed();
+    let (hwm, rss, cpu_before) = proc_stats(pid);
+    println!(
+        "{n} Pipelines applied at once: all Ready after {all_ready:?}; operator peak RSS {:.1} MiB (now {:.1} MiB)",
+        hwm.max(peak_seen) as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let (_, rss_after, cpu_after) = proc_stats(pid);
+    println!(
+        "idle {idle} s afterwards (lag refresh every {lag_interval} s, 0 = off): {:.2} CPU seconds = {:.2}% of one core; RSS {:.1} MiB",
+        cpu_after - cpu_before,
+        100.0 * (cpu_after - cpu_before) / idle as f64,
+        rss_after as f64 / 1024.0
+    );
+
+    // Clean up: the operator deletes the topics through its finalizer.
+    let names: HashSet<String> = api.list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    for name in &names {
+        let _ = api.delete(name, &Default::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && !api.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = op.kill();
+    let _ = op.wait();
+    let leftover: Vec<String> = (0..n)
+        .flat_map(|i| ["in", "out", "dlq"].map(|s| format!("{prefix}-{i}-{s}")))
+        .filter(|t| kafka::partitions(t).ok().flatten().is_some())
+        .collect();
+    if !leftover.is_empty() {
+        let refs: Vec<&str> = leftover.iter().map(String::as_str).collect();
+        let _ = kafka::delete_topics(&refs).await;
+    }
+    let _ = ns.cleanup().await;
+}
