@@ -21,7 +21,11 @@ use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pipeline(name: &str, topics: &str) -> Pipeline {
@@ -58,7 +62,12 @@ fn start_operator(namespace: &str, lag_interval: u64) -> Child {
 fn proc_stats(pid: u32) -> (u64, u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
-        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
@@ -160,7 +169,10 @@ async fn main() {
         if ready_count == n {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(900), "only {ready_count}/{n} Ready after 15 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "only {ready_count}/{n} Ready after 15 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_ready = started.elapsed();
@@ -180,12 +192,15 @@ async fn main() {
     );
 
     // Clean up: the operator deletes the topics through its finalizer.
-    let names: HashSet<String> = api.list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    let names: HashSet<String> =
+        api.list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
     for name in &names {
         let _ = api.delete(name, &Default::default()).await;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < deadline && !api.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true) {
+    while Instant::now() < deadline
+        && !api.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true)
+    {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let _ = op.kill();

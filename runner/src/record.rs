@@ -24,6 +24,10 @@ pub struct Interner {
     ids: HashMap<Arc<str>, FieldId, foldhash::fast::RandomState>,
     names: Vec<Arc<str>>,
     quoted: Vec<Box<[u8]>>,
+    /// The id seen at each position of the previous record: records of one
+    /// stream usually list their fields in the same order, so a comparison
+    /// with the predicted name usually replaces a hash lookup.
+    recent: Vec<FieldId>,
 }
 
 /// The interner is full.
@@ -46,6 +50,23 @@ impl Interner {
         self.ids.insert(name.clone(), id);
         self.names.push(name);
         self.quoted.push(quoted);
+        Ok(id)
+    }
+
+    /// `intern`, predicting from the field's position in the record.
+    #[inline]
+    pub fn intern_at(&mut self, position: usize, name: &str) -> Result<FieldId, TooManyFields> {
+        if let Some(&id) = self.recent.get(position) {
+            if self.names.get(id as usize).is_some_and(|n| **n == *name) {
+                return Ok(id);
+            }
+        }
+        let id = self.intern(name)?;
+        if position < self.recent.len() {
+            self.recent[position] = id;
+        } else if position == self.recent.len() && position < 256 {
+            self.recent.push(id);
+        }
         Ok(id)
     }
 
@@ -150,7 +171,8 @@ pub struct Record {
     /// Fields in arrival order; later transforms append.
     pub fields: Vec<(FieldId, Value)>,
     /// The key per-key state is kept under (`""` when the pipeline has none).
-    pub key: Box<str>,
+    /// A `String` so a reused record keeps its allocation.
+    pub key: String,
     /// Event time, milliseconds since the Unix epoch.
     pub ts_ms: i64,
 }

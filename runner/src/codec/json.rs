@@ -50,7 +50,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(KeySeed(self.interner))? {
+        let mut position = 0;
+        while let Some(key) = map.next_key_seed(KeySeed(self.interner, position))? {
+            position += 1;
             let Some(id) = key else {
                 *self.overflow = true;
                 return Err(de::Error::custom("too many field names"));
@@ -73,7 +75,8 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     }
 }
 
-struct KeySeed<'a>(&'a mut Interner);
+/// Interns a top-level name, knowing its position in the record.
+struct KeySeed<'a>(&'a mut Interner, usize);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<FieldId>;
@@ -88,7 +91,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.intern(v).ok())
+        Ok(self.0.intern_at(self.1, v).ok())
     }
 }
 
@@ -195,6 +198,29 @@ pub fn write_f64(buf: &mut Vec<u8>, x: f64) {
     }
 }
 
+/// Append a number in [0, 1] with at most six decimals (scores and
+/// weights): cheaper than shortest-representation formatting, and more
+/// digits would be noise.
+#[inline]
+pub fn write_unit(buf: &mut Vec<u8>, x: f64) {
+    let micros = (x.clamp(0.0, 1.0) * 1e6).round() as u32;
+    match micros {
+        0 => buf.extend_from_slice(b"0.0"),
+        1_000_000 => buf.extend_from_slice(b"1.0"),
+        m => {
+            let mut digits = [b'0'; 6];
+            let mut v = m;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+            let len = 6 - digits.iter().rev().take_while(|d| **d == b'0').count();
+            buf.extend_from_slice(b"0.");
+            buf.extend_from_slice(&digits[..len]);
+        }
+    }
+}
+
 /// Append a JSON string literal.
 #[inline]
 pub fn write_str(buf: &mut Vec<u8>, s: &str) {
@@ -261,6 +287,22 @@ mod tests {
             roundtrip(r#"{"b": 1, "a": 2.5, "s": "x\"y", "n": null, "l": [1, {"k": true}]}"#),
             r#"{"b":1,"a":2.5,"s":"x\"y","n":null,"l":[1,{"k":true}]}"#
         );
+    }
+
+    #[test]
+    fn unit_numbers_have_at_most_six_decimals() {
+        let w = |x: f64| {
+            let mut b = Vec::new();
+            write_unit(&mut b, x);
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(w(0.0), "0.0");
+        assert_eq!(w(1.0), "1.0");
+        assert_eq!(w(0.5), "0.5");
+        assert_eq!(w(0.0000004), "0.0");
+        assert_eq!(w(0.123456789), "0.123457");
+        assert_eq!(w(0.05), "0.05");
+        assert_eq!(w(0.9999999), "1.0");
     }
 
     #[test]

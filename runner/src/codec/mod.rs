@@ -81,11 +81,13 @@ impl Decoder {
                     .map_err(|e| e.to_string())?
             }
         }
-        rec.key = match self.key_field {
-            Some(id) => match rec.get(id) {
-                Some(Value::Str(s)) => s.clone(),
+        rec.key.clear();
+        match self.key_field {
+            Some(id) => match rec.fields.iter().find(|(f, _)| *f == id).map(|(_, v)| v) {
+                Some(Value::Str(s)) => rec.key.push_str(s),
                 Some(v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))) => {
-                    v.to_string().into_boxed_str()
+                    use std::fmt::Write;
+                    let _ = write!(rec.key, "{v}");
                 }
                 Some(other) => {
                     return Err(format!(
@@ -96,8 +98,12 @@ impl Decoder {
                 }
                 None => return Err(format!("key field {:?} is missing", interner.name(id))),
             },
-            None => meta.key.map(|k| String::from_utf8_lossy(k).into()).unwrap_or_default(),
-        };
+            None => {
+                if let Some(k) = meta.key {
+                    rec.key.push_str(&String::from_utf8_lossy(k));
+                }
+            }
+        }
         rec.ts_ms = match self.ts_field {
             Some(id) => match rec.get(id) {
                 Some(v) => time::parse(v, self.ts_format)

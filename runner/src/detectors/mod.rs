@@ -181,10 +181,10 @@ impl DetectorStage {
 
     /// Append the `"anomaly":{...}` member for a scored record.
     pub fn write_anomaly(&self, buf: &mut Vec<u8>, scored: &Scored, values: &[f64]) {
-        use crate::codec::json::{write_f64, write_str};
+        use crate::codec::json::{write_f64, write_str, write_unit};
         buf.extend_from_slice(b"\"anomaly\":{\"score\":");
         match &scored.score {
-            Some(s) => write_f64(buf, s.value),
+            Some(s) => write_unit(buf, s.value),
             None => buf.extend_from_slice(b"null"),
         }
         buf.extend_from_slice(if scored.is_anomaly {
@@ -208,7 +208,7 @@ impl DetectorStage {
                 buf.extend_from_slice(b"{\"feature\":");
                 write_str(buf, &self.feature_names[c.feature]);
                 buf.extend_from_slice(b",\"weight\":");
-                write_f64(buf, (c.weight * 1e4).round() / 1e4);
+                write_unit(buf, c.weight);
                 if let Some(v) = values.get(c.feature) {
                     buf.extend_from_slice(b",\"value\":");
                     write_f64(buf, *v);

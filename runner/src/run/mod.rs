@@ -368,7 +368,9 @@ pub fn run(opts: Options) -> Result<()> {
         output = %spec.output.name, dead_letter = %spec.dead_letter.name, delivery = ?spec.delivery,
         listen = %opts.listen, "Runner started");
 
-    let result = process_loop(&shared, &consumer, &mut engine, spec, opts.batch);
+    // Every log line of the loop carries the pipeline's namespace and name.
+    let span = tracing::info_span!("pipeline", namespace = %namespace, pipeline = %name);
+    let result = span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch));
     shared.ready.store(false, Ordering::Relaxed);
     let closing = {
         let mut st = lock(&shared.state);

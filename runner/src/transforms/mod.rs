@@ -115,7 +115,7 @@ pub(crate) mod testing {
             let mut rec = Record::default();
             json::decode(input.as_bytes(), &mut interner, &mut rec.fields).expect("test input is JSON");
             rec.key = match rec.remove(key_id) {
-                Some(crate::record::Value::Str(k)) => k,
+                Some(crate::record::Value::Str(k)) => k.into(),
                 _ => "k".into(),
             };
             rec.ts_ms = match rec.remove(ts_id) {
