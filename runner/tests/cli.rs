@@ -24,10 +24,22 @@ fn local_with_no_arguments_runs_the_shipped_example_and_prints_a_summary() {
     assert!(stderr.contains("running the shipped example cpu-anomalies"), "{stderr}");
     assert!(stderr.contains("cpu-anomalies: 2592 records"), "{stderr}");
     assert!(stderr.contains("0 dead-lettered"), "{stderr}");
+    let mut flagged = Vec::new();
     for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("anomalies are JSON lines");
         assert_eq!(v["anomaly"]["isAnomaly"], true, "only anomalies are printed: {line}");
+        flagged.push((v["host"].as_str().unwrap().to_string(), v["timestamp"].as_str().unwrap().to_string()));
     }
+    // The three incidents generate.py injects are flagged where they start.
+    for (host, start) in
+        [("web-1", "2026-11-02 14:00:00"), ("web-2", "2026-11-02 22:00:00"), ("db-1", "2026-11-03 03:00:00")]
+    {
+        assert!(
+            flagged.contains(&(host.to_string(), start.to_string())),
+            "{host} at {start} not flagged: {flagged:?}"
+        );
+    }
+    assert!(flagged.len() <= 10, "too many alarms for three incidents: {flagged:?}");
 }
 
 #[test]
