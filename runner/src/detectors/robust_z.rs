@@ -222,7 +222,7 @@ impl RobustZ {
     fn deviation_step(&mut self, v: f64) -> f64 {
         let mut score = 0.0;
         if self.window.len() >= 16 {
-            if self.n % 8 == 0 || self.window.len() < self.p.window {
+            if self.n % 16 == 0 || self.window.len() < self.p.window {
                 self.scratch.clear();
                 self.scratch.extend(self.window.iter().copied());
                 let mid = self.scratch.len() / 2;
@@ -231,7 +231,7 @@ impl RobustZ {
             }
             let dev = (v - self.median).abs();
             if self.deviations.len() >= 64 {
-                if self.n % 32 == 0 || self.scale == 0.0 {
+                if self.n % 128 == 0 || self.scale == 0.0 {
                     self.scratch.clear();
                     self.scratch.extend(self.deviations.iter().copied());
                     let k = ((self.scratch.len() - 1) as f64 * self.p.quantile) as usize;
