@@ -455,6 +455,8 @@ fn process_loop(
         // per-batch work (delivery reports, offsets) once. The state lock is
         // never held across poll: poll runs the rebalance callback.
         let mut wait = Duration::from_millis(50);
+        // One clock read per batch, taken when its first record arrives.
+        let mut batch_clock = None;
         for _ in 0..MAX_BATCH {
             let msg = consumer.poll(wait);
             wait = Duration::ZERO;
@@ -475,7 +477,8 @@ fn process_loop(
                         batch_started = Instant::now();
                         in_batch = 0;
                     }
-                    process_message(shared, &mut st, engine, &m, output, dead_letter)?;
+                    let now = *batch_clock.get_or_insert_with(Instant::now);
+                    process_message(shared, now, &mut st, engine, &m, output, dead_letter)?;
                     in_batch += 1;
                     if shared.mode == Delivery::ExactlyOnce {
                         st.txn_offsets.insert(m.partition(), m.offset() + 1);
@@ -526,13 +529,14 @@ fn process_loop(
 
 fn process_message(
     shared: &Shared,
+    now: Instant,
     st: &mut LoopState,
     engine: &mut Engine,
     m: &BorrowedMessage<'_>,
     output: &str,
     dead_letter: &str,
 ) -> Result<()> {
-    let token = st.tracker.begin(m.partition(), m.offset());
+    let token = st.tracker.begin_at(m.partition(), m.offset(), now);
     let payload = m.payload().unwrap_or_default();
     let ts = m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let meta = Meta { key: m.key(), ts_ms: ts };

@@ -42,16 +42,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Start tracking a consumed record.
-    pub fn begin(&mut self, partition: i32, offset: i64) -> Token {
-        let mut slot = Slot {
-            offset,
-            pending: 0,
-            dispatched: false,
-            live: true,
-            generation: 0,
-            started: Instant::now(),
-        };
+    /// Start tracking a consumed record, consumed at `now` (the caller reads
+    /// the clock once per batch, not per record).
+    pub fn begin_at(&mut self, partition: i32, offset: i64, now: Instant) -> Token {
+        let mut slot =
+            Slot { offset, pending: 0, dispatched: false, live: true, generation: 0, started: now };
         let i = match self.free.pop() {
             Some(i) => {
                 slot.generation = self.slots[i].generation.wrapping_add(1);
@@ -66,6 +61,11 @@ impl Tracker {
         self.order.entry(partition).or_default().push_back(i);
         self.in_flight += 1;
         token(i, slot.generation)
+    }
+
+    /// `begin_at` now.
+    pub fn begin(&mut self, partition: i32, offset: i64) -> Token {
+        self.begin_at(partition, offset, Instant::now())
     }
 
     fn slot(&mut self, t: Token) -> Option<&mut Slot> {
