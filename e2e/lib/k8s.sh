@@ -125,7 +125,7 @@ start() {
       --client-ca-file="$PKI/ca.crt" \
       --service-account-issuer=https://kubernetes.default.svc \
       --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-      --service-cluster-ip-range=10.0.0.0/24 \
+      --service-cluster-ip-range=10.0.0.0/16 \
       --authorization-mode=RBAC --allow-privileged=true \
       --cert-dir="$DIR/cert-dir" \
       --enable-priority-and-fairness=false \

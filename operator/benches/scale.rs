@@ -6,7 +6,7 @@
 //! 2. N Pipelines applied at once: time until all are Ready, the operator's
 //!    peak memory, and its CPU over a quiet minute afterwards.
 //!
-//! `cargo bench -p vigil-operator --bench scale [-- --pipelines N --idle-seconds S --lag-interval S]`
+//! `cargo bench -p vigil-operator --bench scale [-- --pipelines N --idle-seconds S --refresh-interval S]`
 //! prints the figures recorded in operator/BENCHMARKS.md.
 
 use std::collections::HashSet;
@@ -45,11 +45,11 @@ spec:
     serde_json::from_value(value).unwrap()
 }
 
-fn start_operator(namespace: &str, lag_interval: u64) -> Child {
+fn start_operator(namespace: &str, refresh_interval: u64) -> Child {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
         .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--lag-interval", &lag_interval.to_string()])
+        .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--refresh-interval", &refresh_interval.to_string()])
         .env("KUBECONFIG", vigil_e2e::kubeconfig())
         .env("VIGIL_LOG", "warn")
         .stdout(Stdio::null())
@@ -106,13 +106,13 @@ fn ready(p: &Pipeline) -> bool {
 async fn main() {
     let n = arg("--pipelines", 500) as usize;
     let idle = arg("--idle-seconds", 60);
-    let lag_interval = arg("--lag-interval", 60);
+    let refresh_interval = arg("--refresh-interval", 60);
     let client = kube_client().await.unwrap();
     install_crds(&client).await.unwrap();
 
     // 1. One Pipeline, several times.
     let ns = TestNamespace::create(&client, "bench-one").await.unwrap();
-    let mut op = start_operator(&ns.name, lag_interval);
+    let mut op = start_operator(&ns.name, refresh_interval);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let mut latencies = Vec::new();
@@ -145,7 +145,7 @@ async fn main() {
 
     // 2. Many at once.
     let ns = TestNamespace::create(&client, "bench-many").await.unwrap();
-    let mut op = start_operator(&ns.name, lag_interval);
+    let mut op = start_operator(&ns.name, refresh_interval);
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
@@ -185,7 +185,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(idle)).await;
     let (_, rss_after, cpu_after) = proc_stats(pid);
     println!(
-        "idle {idle} s afterwards (lag refresh every {lag_interval} s, 0 = off): {:.2} CPU seconds = {:.2}% of one core; RSS {:.1} MiB",
+        "idle {idle} s afterwards (re-check every {refresh_interval} s, 0 = only on change): {:.2} CPU seconds = {:.2}% of one core; RSS {:.1} MiB",
         cpu_after - cpu_before,
         100.0 * (cpu_after - cpu_before) / idle as f64,
         rss_after as f64 / 1024.0

@@ -20,8 +20,9 @@ use crate::pipeline::children;
 pub struct Settings {
     /// What the child builders need.
     pub children: children::Settings,
-    /// How often a Ready pipeline's consumer lag is refreshed; `None` never.
-    pub lag_interval: Option<Duration>,
+    /// How often a Ready pipeline is re-checked (lag, topic drift); `None`
+    /// only on changes.
+    pub refresh_interval: Option<Duration>,
 }
 
 /// Shared reconcile state.
@@ -38,6 +39,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     cleanups: Mutex<HashMap<String, (u32, Instant)>>,
     lags: Mutex<HashMap<String, (Instant, i64)>>,
+    /// Lag queries open a Kafka client each; a few at a time is plenty.
+    lag_permits: tokio::sync::Semaphore,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -56,6 +59,7 @@ impl Context {
             failures: Mutex::default(),
             cleanups: Mutex::default(),
             lags: Mutex::default(),
+            lag_permits: tokio::sync::Semaphore::new(2),
         }
     }
 
@@ -109,12 +113,13 @@ impl Context {
         key: &str,
         measure: F,
     ) -> Option<i64> {
-        let interval = self.settings.lag_interval?;
+        let interval = self.settings.refresh_interval?;
         if let Some((at, lag)) = lock(&self.lags).get(key) {
             if at.elapsed() < interval {
                 return Some(*lag);
             }
         }
+        let _permit = self.lag_permits.acquire().await.ok()?;
         match measure.await {
             Ok(lag) => {
                 lock(&self.lags).insert(key.to_string(), (Instant::now(), lag));

@@ -21,6 +21,9 @@ use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::pipeline;
 
+/// Reconciles that run at once.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// How `run` was started.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -74,7 +77,11 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=vigil-operator");
     let ns = &opts.namespace;
     info!(namespace = ns.as_deref().unwrap_or("(all)"), identity = %opts.identity, "Starting the Pipeline controller");
+    // Bounded concurrency keeps memory flat when hundreds of Pipelines
+    // arrive at once (each reconcile may hold Kafka requests in flight).
+    let config = kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
     let controller = Controller::new(api::<Pipeline>(&client, ns), watcher::Config::default())
+        .with_config(config)
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())

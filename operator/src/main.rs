@@ -38,9 +38,11 @@ enum Command {
         /// This replica's identity for leader election.
         #[arg(long, env = "POD_NAME", default_value = "vigil-operator")]
         identity: String,
-        /// Seconds between consumer-lag refreshes of a Ready pipeline; 0 disables.
-        #[arg(long, env = "VIGIL_LAG_INTERVAL", default_value_t = 60)]
-        lag_interval: u64,
+        /// Seconds between re-checks of a Ready pipeline (consumer lag, and
+        /// topic configuration changed in Kafka behind Vigil's back, which no
+        /// watch reports); 0 re-checks only when something changes.
+        #[arg(long, env = "VIGIL_REFRESH_INTERVAL", default_value_t = 60)]
+        refresh_interval: u64,
     },
     /// Print the CRDs (Pipeline, Model) generated from the API types, or write
     /// them into a directory with --out-dir.
@@ -68,14 +70,14 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             lease_name,
             identity,
-            lag_interval,
+            refresh_interval,
         } => {
             vigil_operator::controller::init_logging();
             let client = kube::Client::try_default().await?;
             let opts = vigil_operator::controller::Options {
                 settings: Settings {
                     children: children::Settings { runner_image, kafka_bootstrap },
-                    lag_interval: (lag_interval > 0).then(|| Duration::from_secs(lag_interval)),
+                    refresh_interval: (refresh_interval > 0).then(|| Duration::from_secs(refresh_interval)),
                 },
                 namespace,
                 listen,

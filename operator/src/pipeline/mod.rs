@@ -298,7 +298,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     let st = write_status(ctx, &api, p, &obs).await?;
     ctx.forget_failures(&key(p));
     let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    Ok(match ctx.settings.lag_interval {
+    Ok(match ctx.settings.refresh_interval {
         Some(i) if ready => Action::requeue(i),
         _ => Action::await_change(),
     })

@@ -48,7 +48,7 @@ impl Operator {
                     runner_image: "ghcr.io/vigil-dev/vigil-runner:test".into(),
                     kafka_bootstrap: Some(vigil_e2e::kafka().to_string()),
                 },
-                lag_interval: Some(Duration::from_secs(2)),
+                refresh_interval: Some(Duration::from_secs(2)),
             },
             namespace: Some(namespace.to_string()),
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
