@@ -178,6 +178,27 @@ fn check_name(name: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// Every file named in `paths`, and every `*.yaml`/`*.yml` found under the
+/// directories named, in sorted order.
+pub fn yaml_files(paths: &[std::path::PathBuf]) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<std::path::PathBuf> =
+                std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            entries.sort();
+            let nested: Vec<std::path::PathBuf> = entries
+                .into_iter()
+                .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            out.extend(yaml_files(&nested)?);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Read the single Pipeline in `text` (a file with exactly one Pipeline; other
 /// kinds are ignored).
 pub fn single_pipeline(text: &str) -> Result<Pipeline, Invalid> {

@@ -11,17 +11,7 @@ fn repo() -> PathBuf {
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(yaml_files(&path));
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
+    vigil_crds::manifest::yaml_files(&[dir.to_path_buf()]).unwrap()
 }
 
 #[test]

@@ -167,6 +167,33 @@ pub fn kubectl(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("kubectl could not be run: {e}"))
 }
 
+/// A free TCP port on 127.0.0.1, never the same twice in one process (the
+/// OS may hand out a just-released port again).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A benchmark's command-line option `--name N`, or `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A name no other test (or earlier run) uses: `<prefix>-<time><pid><n>`,
 /// valid as a namespace, a resource name and a Kafka topic.
 pub fn unique_name(prefix: &str) -> String {

@@ -7,17 +7,7 @@ use std::path::{Path, PathBuf};
 use vigil_e2e::{TestNamespace, install_crds, kube_client, kubectl, repo_dir};
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(yaml_files(&path));
-        } else if path.extension().is_some_and(|e| e == "yaml") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
+    vigil_crds::manifest::yaml_files(&[dir.to_path_buf()]).unwrap()
 }
 
 fn text(out: &std::process::Output) -> String {

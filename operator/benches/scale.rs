@@ -19,14 +19,7 @@ use kube::{Client, ResourceExt};
 use vigil_crds::Pipeline;
 use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use vigil_e2e::bench_arg as arg;
 
 fn pipeline(name: &str, topics: &str) -> Pipeline {
     let yaml = format!(
@@ -46,7 +39,7 @@ spec:
 }
 
 fn start_operator(namespace: &str, refresh_interval: u64) -> Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = vigil_e2e::free_port();
     Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
         .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--refresh-interval", &refresh_interval.to_string()])

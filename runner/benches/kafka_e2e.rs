@@ -13,14 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use vigil_e2e::{kafka, unique_name};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use vigil_e2e::bench_arg as arg;
 
 fn pipeline(input: &str, output: &str, dlq: &str) -> String {
     format!(
@@ -43,7 +36,7 @@ spec:
 fn start_runner(dir: &std::path::Path, manifest: &str) -> Child {
     let file = dir.join("pipeline.yaml");
     std::fs::write(&file, manifest).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = vigil_e2e::free_port();
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["run", "--pipeline", file.to_str().unwrap(), "--group", &unique_name("bench")])
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -4,32 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vigil_crds::manifest::parse_all;
-
-/// Every YAML file named, or found under a named directory.
-pub fn collect(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-            entries.sort();
-            let nested: Vec<PathBuf> = entries
-                .into_iter()
-                .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect();
-            out.extend(collect(&nested)?);
-        } else {
-            out.push(path.clone());
-        }
-    }
-    Ok(out)
-}
+use vigil_crds::manifest::{parse_all, yaml_files};
 
 /// Validate the files; print one line per resource and every problem.
 /// Returns how many documents were invalid.
 pub fn run(paths: &[PathBuf], out: &mut impl Write) -> anyhow::Result<usize> {
-    let files = collect(paths)?;
+    let files = yaml_files(paths)?;
     if files.is_empty() {
         anyhow::bail!("no manifests found in {paths:?}");
     }

@@ -59,19 +59,7 @@ spec:
     }
 }
 
-/// A free port, never the same twice in one process (the OS may hand out a
-/// just-released port again).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+pub use vigil_e2e::free_port;
 
 /// A `vigil run` process.
 pub struct Runner {
