@@ -193,9 +193,9 @@ pub struct RecordEncoding {
     /// Column names, in order, for `format: csv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
-    /// CSV field delimiter.
+    /// CSV field delimiter: one printable ASCII character, or a tab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1))]
+    #[schemars(regex(pattern = r"^[\t -~]$"))]
     pub delimiter: Option<String>,
     /// Field holding the record's key: per-key state (windows, detectors) is
     /// kept for each distinct value. Absent: the Kafka record key, or one
@@ -224,6 +224,6 @@ fn default_max_record_bytes() -> i32 {
 impl RecordEncoding {
     /// The CSV delimiter as a byte (`,` by default).
     pub fn delimiter_byte(&self) -> u8 {
-        self.delimiter.as_deref().and_then(|d| d.bytes().next()).unwrap_or(b',')
+        self.delimiter.as_deref().and_then(|d| d.bytes().next()).filter(u8::is_ascii).unwrap_or(b',')
     }
 }

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Algorithm {
-    /// Robust univariate detector: median/MAD z-scores of the value and of its
-    /// changes over a sliding history, tuned on the NAB corpus. One feature.
+    /// Robust univariate detector, tuned on the NAB corpus: values beyond the
+    /// observed range, improbable transitions between quantised values, and
+    /// large deviations from the recent median. One feature.
     RobustZ,
     /// Seasonal detector: compares each value with the same phase of earlier
     /// seasons (`params.period` records per season). One feature.
@@ -48,7 +49,8 @@ pub struct ModelRef {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DetectorParams {
-    /// History length in records per key (robustZ, seasonal, halfSpaceTrees).
+    /// History length in records per key: the median window (robustZ), the
+    /// mass window (halfSpaceTrees).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 100000))]
     pub window: Option<i32>,

@@ -212,6 +212,16 @@ pub struct PipelineStatus {
     pub config_hash: Option<String>,
 }
 
+impl PipelineSpec {
+    /// The largest record the runners produce (a scored record is its input
+    /// plus the `anomaly` object): the producer's `message.max.bytes`, and
+    /// the output and dead-letter topics' `max.message.bytes` unless the
+    /// spec sets them.
+    pub fn max_output_bytes(&self) -> i64 {
+        (2 * i64::from(self.input.encoding.max_record_bytes) + 65_536).max(1_000_000)
+    }
+}
+
 impl Pipeline {
     /// The Kafka consumer group of this pipeline's runners.
     pub fn consumer_group(namespace: &str, name: &str) -> String {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, error, info};
 use vigil_crds::Pipeline;
@@ -80,7 +80,14 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     // Bounded concurrency keeps memory flat when hundreds of Pipelines
     // arrive at once (each reconcile may hold Kafka requests in flight).
     let config = kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
-    let controller = Controller::new(api::<Pipeline>(&client, ns), watcher::Config::default())
+    // Status writes do not change the generation: filtering on it spares a
+    // second, empty reconcile after every status update. Finalizer changes
+    // must still pass, as the finalizer helper waits for them.
+    let (reader, writer) = reflector::store();
+    let pipelines = reflector(writer, watcher(api::<Pipeline>(&client, ns), watcher::Config::default()))
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())

@@ -147,6 +147,17 @@ impl Kafka {
         Ok(())
     }
 
+    /// Delete a consumer group; a missing group is fine.
+    pub async fn delete_group(&self, group: &str) -> Result<(), KafkaError> {
+        for r in self.admin.delete_groups(&[group], &Self::options()).await? {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((g, e)) => return Err(KafkaError(format!("deleting consumer group {g}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// Records in `topic` not yet committed by `group`: the sum over
     /// partitions of high watermark minus committed offset (the whole
     /// partition when the group has committed nothing).

@@ -2,8 +2,11 @@
 //! replicas can run and only one reconciles. A replica takes the Lease when
 //! it is free or its holder stopped renewing for `LEASE_DURATION`, renews
 //! it every `RENEW_EVERY`, and stops (the process exits, Kubernetes restarts
-//! it as a standby) the moment a renewal fails: reconciling without the
-//! Lease could race the new leader.
+//! it as a standby) when the Lease is taken or renewals have failed for so
+//! long that it may have expired: reconciling without the Lease could race
+//! the new leader. Expiry is judged against the local clock, as client-go
+//! does; replicas whose clocks differ by more than a few seconds could
+//! briefly both lead.
 
 use std::time::Duration;
 

@@ -24,8 +24,9 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("vigil.dev", &["pipelines/finalizers"], &["update"]),
         // A Pipeline's modelRef is dereferenced.
         rule("vigil.dev", &["models"], &["get"]),
-        // Children, applied server-side and watched for drift.
-        rule("apps", &["deployments"], &["get", "list", "watch", "create", "patch"]),
+        // Children, applied server-side and watched for drift; the runners
+        // are deleted before the topics when a Pipeline goes.
+        rule("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
         rule(
             "",
             &["configmaps", "services", "persistentvolumeclaims"],

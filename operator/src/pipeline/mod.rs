@@ -216,7 +216,17 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     };
 
     // Topics: describe, plan, create / grow / reconfigure.
-    let kafka = ctx.kafka(&bootstrap, &secret_props)?;
+    let kafka = match ctx.kafka(&bootstrap, &secret_props) {
+        Ok(k) => k,
+        Err(e) => {
+            // Settings the Kafka client refuses (a Secret key it does not
+            // know, a bad value): wait for someone to fix the Secret.
+            obs.topics_problem =
+                Some(("KafkaSettingsInvalid".into(), format!("the Kafka client refuses its settings: {e}")));
+            write_status(ctx, &api, p, &obs).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
     let mut input_partitions = None;
     let mut problems = Vec::new();
     for (role, spec) in [
@@ -224,6 +234,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         (TopicRole::Output, &p.spec.output),
         (TopicRole::DeadLetter, &p.spec.dead_letter),
     ] {
+        let spec = &topics::desired(role, spec, &p.spec);
         let outcome = async {
             let observed = kafka.describe(&spec.name).await?;
             let plan = topics::plan(role, spec, observed.as_ref());
@@ -424,9 +435,29 @@ async fn cleanup(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
+    // Stop the runners first, so their producers are not writing while the
+    // topics go. Their garbage collection would come after the Pipeline is
+    // gone, which is too late.
+    let deployments: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+    match deployments.delete(&children::runner_name(&p.name_any()), &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => warn!(error = %e, "Could not delete the runners before the topics"),
+    }
+    let group = Pipeline::consumer_group(&p.namespace().unwrap_or_default(), &p.name_any());
     let result = match bootstrap {
         Some(b) => match ctx.kafka(&b, &props) {
-            Ok(k) => k.delete(&names).await,
+            Ok(k) => match k.delete(&names).await {
+                Ok(()) => {
+                    // The group's committed offsets mean nothing without the topics.
+                    if let Err(e) = k.delete_group(&group).await {
+                        warn!(group = %group, error = %e, "Could not delete the consumer group");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         None => Err(KafkaError("no Kafka bootstrap servers known".into())),

@@ -45,6 +45,17 @@ pub struct Plan {
     pub problems: Vec<Problem>,
 }
 
+/// The topic as it should be: the spec, plus, for the output and
+/// dead-letter topics, a `max.message.bytes` that takes the largest record
+/// the runners produce (unless the spec sets one).
+pub fn desired(role: TopicRole, spec: &TopicSpec, pipeline: &vigil_crds::PipelineSpec) -> TopicSpec {
+    let mut t = spec.clone();
+    if role != TopicRole::Input {
+        t.config.entry("max.message.bytes".into()).or_insert_with(|| pipeline.max_output_bytes().to_string());
+    }
+    t
+}
+
 /// Decide what to do to one topic.
 pub fn plan(role: TopicRole, spec: &TopicSpec, observed: Option<&Observed>) -> Plan {
     let mut p = Plan { role, spec: spec.clone(), actions: Vec::new(), problems: Vec::new() };

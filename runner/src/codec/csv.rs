@@ -78,14 +78,14 @@ impl CsvRow {
         }
         let text = std::str::from_utf8(&self.cells[..out_pos]).map_err(|_| CsvError::Utf8)?;
         let mut start = 0;
-        Ok(self.ends[..end_pos]
+        self.ends[..end_pos]
             .iter()
             .map(|&end| {
-                let cell = &text[start..end];
+                let cell = text.get(start..end).ok_or(CsvError::Utf8);
                 start = end;
                 cell
             })
-            .collect())
+            .collect()
     }
 
     /// Parse a row into typed values for `columns`.

@@ -8,6 +8,11 @@ use vigil_crds::TimestampFormat;
 
 use crate::record::Value;
 
+/// Timestamps outside years 0000-9999 are refused (and window arithmetic
+/// on accepted ones cannot overflow).
+const MIN_MS: f64 = -62_167_219_200_000.0;
+const MAX_MS: f64 = 253_402_300_799_999.0;
+
 /// Epoch numbers below this are seconds, above are milliseconds (`auto`):
 /// 10^11 seconds is the year 5138, 10^11 milliseconds is 1973.
 const SECONDS_LIMIT: f64 = 1e11;
@@ -22,10 +27,10 @@ pub fn parse(value: &Value, format: TimestampFormat) -> Result<i64, String> {
             TimestampFormat::Auto => x,
             _ => return Err(format!("expected a {} timestamp, found a number", name(format))),
         };
-        if ms.is_finite() && ms.abs() < 9.2e18 {
+        if (MIN_MS..=MAX_MS).contains(&ms) {
             Ok(ms.round() as i64)
         } else {
-            Err("timestamp out of range".into())
+            Err(format!("timestamp {x} is outside the years 0000-9999"))
         }
     };
     match value {

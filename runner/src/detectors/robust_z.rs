@@ -116,9 +116,10 @@ impl Factory for RobustZFactory {
     }
     fn bytes_per_key(&self) -> usize {
         let p = &self.params;
-        // Replay buffer, median window, deviation history, and the pattern
-        // model's contexts at their cap (key, total, per-bin counts).
-        (p.replay + p.window + p.deviations) * 8 + p.max_contexts * (16 + 4 * p.bins as usize) + 256
+        // Replay buffer, median window and deviation history (f32 each),
+        // and the pattern model's contexts (at most bins^order of them).
+        let contexts = (p.bins as usize).saturating_pow(p.order as u32).min(p.max_contexts);
+        (p.replay + p.window + p.deviations) * 4 + contexts * (48 + 4 * p.bins as usize) + 512
     }
 }
 
@@ -134,15 +135,14 @@ struct RobustZ {
     n: usize,
     lo: f64,
     hi: f64,
-    replay: VecDeque<f64>,
+    replay: VecDeque<f32>,
     pattern: Option<Pattern>,
     /// Range the pattern model quantises over.
     model_lo: f64,
     model_hi: f64,
-    window: VecDeque<f64>,
-    scratch: Vec<f64>,
+    window: VecDeque<f32>,
     median: f64,
-    deviations: VecDeque<f64>,
+    deviations: VecDeque<f32>,
     scale: f64,
     since_alarm: usize,
 }
@@ -154,14 +154,15 @@ impl RobustZ {
             n: 0,
             lo: f64::INFINITY,
             hi: f64::NEG_INFINITY,
-            replay: VecDeque::with_capacity(p.replay),
+            // Buffers grow as records arrive: a key seen a few times costs
+            // little.
+            replay: VecDeque::new(),
             pattern: None,
             model_lo: 0.0,
             model_hi: 0.0,
-            window: VecDeque::with_capacity(p.window),
-            scratch: Vec::with_capacity(p.window.max(p.deviations)),
+            window: VecDeque::new(),
             median: 0.0,
-            deviations: VecDeque::with_capacity(p.deviations),
+            deviations: VecDeque::new(),
             scale: 0.0,
             since_alarm: usize::MAX,
         }
@@ -213,9 +214,9 @@ impl RobustZ {
         self.model_lo = self.lo;
         self.model_hi = self.hi;
         self.pattern = Some(Pattern::default());
-        let replay: Vec<f64> = self.replay.iter().copied().collect();
+        let replay: Vec<f32> = self.replay.iter().copied().collect();
         for v in replay {
-            self.pattern_step(v);
+            self.pattern_step(v as f64);
         }
     }
 
@@ -223,20 +224,12 @@ impl RobustZ {
         let mut score = 0.0;
         if self.window.len() >= 16 {
             if self.n % 16 == 0 || self.window.len() < self.p.window {
-                self.scratch.clear();
-                self.scratch.extend(self.window.iter().copied());
-                let mid = self.scratch.len() / 2;
-                let (_, m, _) = self.scratch.select_nth_unstable_by(mid, f64::total_cmp);
-                self.median = *m;
+                self.median = nth(&self.window, 0.5);
             }
             let dev = (v - self.median).abs();
             if self.deviations.len() >= 64 {
                 if self.n % 128 == 0 || self.scale == 0.0 {
-                    self.scratch.clear();
-                    self.scratch.extend(self.deviations.iter().copied());
-                    let k = ((self.scratch.len() - 1) as f64 * self.p.quantile) as usize;
-                    let (_, q, _) = self.scratch.select_nth_unstable_by(k, f64::total_cmp);
-                    self.scale = *q;
+                    self.scale = nth(&self.deviations, self.p.quantile);
                 }
                 score = if self.scale > 0.0 {
                     (dev / self.scale - 1.0).clamp(0.0, 1.0)
@@ -249,14 +242,32 @@ impl RobustZ {
             if self.deviations.len() == self.p.deviations {
                 self.deviations.pop_front();
             }
-            self.deviations.push_back(dev);
+            self.deviations.push_back(dev as f32);
         }
         if self.window.len() == self.p.window {
             self.window.pop_front();
         }
-        self.window.push_back(v);
+        self.window.push_back(v as f32);
         score
     }
+}
+
+/// The `q` quantile of `xs`, with one scratch buffer per thread rather than
+/// one per key.
+fn nth(xs: &VecDeque<f32>, q: f64) -> f64 {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        scratch.extend(xs.iter().copied());
+        if scratch.is_empty() {
+            return 0.0;
+        }
+        let k = ((scratch.len() - 1) as f64 * q) as usize;
+        let (_, v, _) = scratch.select_nth_unstable_by(k, f32::total_cmp);
+        *v as f64
+    })
 }
 
 impl Scorer for RobustZ {
@@ -277,7 +288,7 @@ impl Scorer for RobustZ {
         if self.replay.len() == self.p.replay {
             self.replay.pop_front();
         }
-        self.replay.push_back(v);
+        self.replay.push_back(v as f32);
 
         let raw = if novel { 1.0 } else { pattern.max(deviation).min(1.0) };
         let resting = self.since_alarm < self.p.rest;

@@ -8,7 +8,10 @@
 //! output and dead-letter record derived from the records before it is
 //! acknowledged (`offsets.rs`); exactly-once wraps each batch's outputs and
 //! offsets in one Kafka transaction. On revocation and on SIGTERM in-flight
-//! work is flushed and committed before the partitions are let go.
+//! work is flushed and committed before the partitions are let go; after a
+//! failure nothing more is committed. One exception: records absorbed into
+//! an open `window` count as done before the window emits (see
+//! `transforms/window.rs`).
 //!
 //! Processing is single-threaded (one engine, no locks on the hot path
 //! beyond uncontended ones); librdkafka's threads do the network I/O.
@@ -69,6 +72,9 @@ struct Shared {
     stop: AtomicBool,
     /// Set once the consumer has joined its group.
     ready: AtomicBool,
+    /// Set when the loop failed: nothing may be committed any more (closing
+    /// the consumer runs the revoke callback, which must not finish then).
+    abandoned: AtomicBool,
     /// Unix seconds of the loop's last turn, for liveness.
     heartbeat: AtomicU64,
     state: Mutex<LoopState>,
@@ -76,6 +82,8 @@ struct Shared {
     mode: Delivery,
     input: String,
     dead_letter: String,
+    /// The producer's `message.max.bytes`.
+    max_output: i64,
 }
 
 /// What the rebalance callback must be able to finish.
@@ -160,8 +168,21 @@ impl ConsumerContext for ConsumerCtx {
                 info!(partitions = ?partitions, "Partitions revoked; finishing their in-flight records");
                 self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "revoke".into() }).inc();
                 let mut st = lock(&self.shared.state);
-                if let Err(e) = self.shared.finish(consumer, &mut st, Duration::from_secs(30)) {
+                if self.shared.abandoned.load(Ordering::Relaxed) {
+                    // After a failure nothing is finished: what was in flight
+                    // is reprocessed by the next owner.
+                    if st.txn_open {
+                        let _ = self.shared.producer.abort_transaction(Duration::from_secs(10));
+                        st.txn_open = false;
+                    }
+                } else if let Err(e) = self.shared.finish(consumer, &mut st, Duration::from_secs(30)) {
                     error!(error = %e, "Could not finish in-flight records before revocation; they will be reprocessed");
+                    if st.txn_open {
+                        // Keep no outputs whose offsets are about to be dropped.
+                        let _ = self.shared.producer.abort_transaction(Duration::from_secs(10));
+                        st.txn_open = false;
+                        st.fatal.get_or_insert(format!("transaction failed at revocation: {e:#}"));
+                    }
                 }
                 for p in &partitions {
                     st.tracker.forget(*p);
@@ -243,7 +264,7 @@ impl Shared {
             std::mem::take(&mut *self.producer.context().reports.lock().unwrap_or_else(|p| p.into_inner()));
         for r in reports {
             if let Some(f) = r.failure {
-                if f.topic == self.dead_letter_topic() || self.mode == Delivery::ExactlyOnce {
+                if f.topic == self.dead_letter.as_str() || self.mode == Delivery::ExactlyOnce {
                     st.fatal.get_or_insert(format!("producing to {} failed: {}", f.topic, f.error));
                     continue;
                 }
@@ -253,22 +274,18 @@ impl Shared {
                     .insert(Header { key: "vigil.reason", value: Some(f.error.as_str()) });
                 st.tracker.add_output(r.token);
                 self.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
-                let mut rec = BaseRecord::with_opaque_to(self.dead_letter_topic(), r.token)
-                    .payload(&f.payload)
+                let mut rec = BaseRecord::with_opaque_to(self.dead_letter.as_str(), r.token)
+                    .payload(f.payload.as_slice())
                     .headers(headers);
                 if let Some(k) = &f.key {
-                    rec = rec.key(k);
+                    rec = rec.key(k.as_slice());
                 }
-                if let Err((e, _)) = self.producer.send(rec) {
+                if let Err(e) = send(&self.producer, rec) {
                     st.fatal.get_or_insert(format!("could not enqueue a dead letter: {e}"));
                 }
             }
             st.tracker.ack(r.token);
         }
-    }
-
-    fn dead_letter_topic(&self) -> &str {
-        &self.dead_letter
     }
 
     /// At-least-once: store the offsets whose records are done.
@@ -318,6 +335,8 @@ pub fn run(opts: Options) -> Result<()> {
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("message.max.bytes", spec.max_output_bytes().to_string())
         .set("compression.type", "lz4");
     if spec.delivery == Delivery::ExactlyOnce {
         pc.set("transactional.id", format!("{group}.{}", opts.instance));
@@ -332,6 +351,7 @@ pub fn run(opts: Options) -> Result<()> {
         metrics: metrics.clone(),
         stop: AtomicBool::new(false),
         ready: AtomicBool::new(false),
+        abandoned: AtomicBool::new(false),
         heartbeat: AtomicU64::new(now_secs()),
         state: Mutex::new(LoopState {
             tracker: Tracker::default(),
@@ -344,6 +364,7 @@ pub fn run(opts: Options) -> Result<()> {
         mode: spec.delivery,
         input: spec.input.topic.name.clone(),
         dead_letter: spec.dead_letter.name.clone(),
+        max_output: spec.max_output_bytes(),
     });
 
     let mut cc = settings.client_config();
@@ -356,7 +377,8 @@ pub fn run(opts: Options) -> Result<()> {
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("queued.max.messages.kbytes", "32768");
     let consumer: BaseConsumer<ConsumerCtx> = cc
         .create_with_context(ConsumerCtx { shared: shared.clone() })
         .context("creating the Kafka consumer")?;
@@ -366,12 +388,17 @@ pub fn run(opts: Options) -> Result<()> {
     install_signal_handlers(&shared)?;
     info!(pipeline = %name, namespace = %namespace, group = %group, input = %spec.input.topic.name,
         output = %spec.output.name, dead_letter = %spec.dead_letter.name, delivery = ?spec.delivery,
-        listen = %opts.listen, "Runner started");
+        listen = %opts.listen,
+        detector_bytes_per_key = engine.detector().bytes_per_key(), max_keys = spec.detector.max_keys,
+        "Runner started");
 
     // Every log line of the loop carries the pipeline's namespace and name.
     let span = tracing::info_span!("pipeline", namespace = %namespace, pipeline = %name);
     let result = span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch));
     shared.ready.store(false, Ordering::Relaxed);
+    if result.is_err() {
+        shared.abandoned.store(true, Ordering::Relaxed);
+    }
     let closing = {
         let mut st = lock(&shared.state);
         match &result {
@@ -444,7 +471,6 @@ fn process_loop(
 ) -> Result<()> {
     let producer = &shared.producer;
     let output = spec.output.name.as_str();
-    let dead_letter = spec.dead_letter.name.as_str();
     let mut last_counts = engine.counts();
     let mut batch_started = Instant::now();
     let mut in_batch = 0usize;
@@ -478,7 +504,7 @@ fn process_loop(
                         in_batch = 0;
                     }
                     let now = *batch_clock.get_or_insert_with(Instant::now);
-                    process_message(shared, now, &mut st, engine, &m, output, dead_letter)?;
+                    process_message(shared, now, &mut st, engine, &m, output)?;
                     in_batch += 1;
                     if shared.mode == Delivery::ExactlyOnce {
                         st.txn_offsets.insert(m.partition(), m.offset() + 1);
@@ -534,8 +560,9 @@ fn process_message(
     engine: &mut Engine,
     m: &BorrowedMessage<'_>,
     output: &str,
-    dead_letter: &str,
 ) -> Result<()> {
+    let dead_letter_topic = shared.dead_letter.as_str();
+    let spec_limit = shared.max_output;
     let token = st.tracker.begin_at(m.partition(), m.offset(), now);
     let payload = m.payload().unwrap_or_default();
     let ts = m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
@@ -560,41 +587,39 @@ fn process_message(
                 if let Some(h) = m.headers() {
                     rec = rec.headers(h.detach());
                 }
-                send(producer, rec)
+                match send(producer, rec) {
+                    // Too big to produce: the input goes to the dead-letter
+                    // topic instead, so nothing is lost and nothing crashes.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                        shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
+                        let reason = format!(
+                            "the scored record is {} bytes, more than the output topic takes ({})",
+                            o.json.len(),
+                            spec_limit
+                        );
+                        send(producer, dead_letter(dead_letter_topic, token, m, "produce", &reason))
+                    }
+                    other => other,
+                }
             }
             Event::Rejected(r) => {
                 shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: r.stage.clone() }).inc();
-                let partition = m.partition().to_string();
-                let offset = m.offset().to_string();
-                let mut headers = m.headers().map(|h| h.detach()).unwrap_or_default();
-                for (k, v) in [
-                    ("vigil.stage", r.stage.as_str()),
-                    ("vigil.reason", r.reason.as_str()),
-                    ("vigil.source.topic", m.topic()),
-                    ("vigil.source.partition", partition.as_str()),
-                    ("vigil.source.offset", offset.as_str()),
-                ] {
-                    headers = headers.insert(Header { key: k, value: Some(v) });
-                }
-                let mut rec = BaseRecord::with_opaque_to(dead_letter, token)
-                    .payload(payload)
-                    .headers(headers)
-                    .timestamp(ts);
-                if let Some(k) = m.key() {
-                    rec = rec.key(k);
-                }
-                send(producer, rec)
+                send(producer, dead_letter(dead_letter_topic, token, m, &r.stage, &r.reason))
             }
         };
         match sent {
             Ok(()) => st.tracker.add_output(token),
-            Err(e) => failure = Some(e),
+            Err(e) => failure = Some(anyhow::anyhow!("could not enqueue a record: {e}")),
         }
     });
-    st.tracker.dispatched(token);
     match failure {
+        // Not dispatched: the record stays pending and its offset is never
+        // stored; the caller stops the runner.
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            st.tracker.dispatched(token);
+            Ok(())
+        }
     }
 }
 
@@ -617,7 +642,10 @@ fn anomaly_log_allowed() -> bool {
 }
 
 /// Enqueue a record, waiting for room when the producer's queue is full.
-fn send(producer: &BaseProducer<ProducerCtx>, mut rec: BaseRecord<'_, [u8], [u8], usize>) -> Result<()> {
+fn send(
+    producer: &BaseProducer<ProducerCtx>,
+    mut rec: BaseRecord<'_, [u8], [u8], usize>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(rec) {
             Ok(()) => return Ok(()),
@@ -625,7 +653,39 @@ fn send(producer: &BaseProducer<ProducerCtx>, mut rec: BaseRecord<'_, [u8], [u8]
                 rec = back;
                 producer.poll(Duration::from_millis(10));
             }
-            Err((e, _)) => return Err(anyhow::anyhow!("could not enqueue a record: {e}")),
+            Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// A dead letter: the input's bytes, key, headers and timestamp, with where
+/// it came from and why in `vigil.*` headers.
+fn dead_letter<'a>(
+    topic: &'a str,
+    token: Token,
+    m: &'a BorrowedMessage<'_>,
+    stage: &str,
+    reason: &str,
+) -> BaseRecord<'a, [u8], [u8], usize> {
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let mut headers = m.headers().map(|h| h.detach()).unwrap_or_default();
+    for (k, v) in [
+        ("vigil.stage", stage),
+        ("vigil.reason", reason),
+        ("vigil.source.topic", m.topic()),
+        ("vigil.source.partition", partition.as_str()),
+        ("vigil.source.offset", offset.as_str()),
+    ] {
+        headers = headers.insert(Header { key: k, value: Some(v) });
+    }
+    let mut rec =
+        BaseRecord::with_opaque_to(topic, token).payload(m.payload().unwrap_or_default()).headers(headers);
+    if let Some(ts) = m.timestamp().to_millis() {
+        rec = rec.timestamp(ts);
+    }
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    rec
 }

@@ -64,6 +64,7 @@ impl Tracker {
     }
 
     /// `begin_at` now.
+    #[cfg(test)]
     pub fn begin(&mut self, partition: i32, offset: i64) -> Token {
         self.begin_at(partition, offset, Instant::now())
     }
@@ -127,6 +128,7 @@ impl Tracker {
     }
 
     /// `committable_timed` without the timings.
+    #[cfg(test)]
     pub fn committable(&mut self) -> Vec<(i32, i64)> {
         self.committable_timed(|_| {})
     }
@@ -141,11 +143,6 @@ impl Tracker {
                 self.in_flight -= 1;
             }
         }
-    }
-
-    /// Partitions with records in flight.
-    pub fn partitions(&self) -> Vec<i32> {
-        self.order.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| *p).collect()
     }
 }
 

@@ -34,11 +34,6 @@ pub trait Transform: Send {
 
     /// The input has ended: push anything held back (open windows).
     fn flush(&mut self, _ctx: &mut Ctx<'_>, _out: &mut Vec<Record>) {}
-
-    /// Records held back right now (open window contents), for metrics.
-    fn held(&self) -> usize {
-        0
-    }
 }
 
 /// Settings shared by every transform of a pipeline.

@@ -8,8 +8,12 @@
 //! eachRecord` passes every record through with the aggregates of the `size`
 //! before it added.
 //!
-//! Window contents are not checkpointed: a runner restart starts open windows
-//! afresh (records already committed are not replayed into them).
+//! Window contents are not checkpointed, and this bends the delivery
+//! guarantee: a record absorbed into an open window counts as processed, so
+//! its offset is committed before the window emits. A restart, a rebalance
+//! or a rollout starts open windows afresh, and a key evicted from the
+//! per-key state (beyond `maxKeys`) loses its open windows; records already
+//! committed are not replayed into them.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -20,6 +24,12 @@ use super::{BuildCtx, Ctx, Transform, field};
 use crate::codec::time::format_rfc3339;
 use crate::keyed::Keyed;
 use crate::record::{FieldId, Record, Value};
+
+/// Most windows one record may belong to (size / slide).
+pub const MAX_WINDOWS_PER_RECORD: i64 = 1_000;
+/// Most records an `eachRecord` window keeps per key; older ones leave it
+/// early when a key sends faster than this per window.
+const MAX_RECENT: usize = 100_000;
 
 #[derive(Clone, Copy)]
 struct Agg {
@@ -105,6 +115,14 @@ impl Window {
         if slide > size || size % slide != 0 {
             return Err(format!("window slide {} must be at most size {} and divide it", slide, size));
         }
+        // Each record belongs to size/slide windows: bound the work per record.
+        if size / slide > MAX_WINDOWS_PER_RECORD {
+            return Err(format!(
+                "window size {} is more than {MAX_WINDOWS_PER_RECORD} slides of {}: use a longer slide",
+                spec.size,
+                spec.slide.as_deref().unwrap_or_default()
+            ));
+        }
         let outputs = spec
             .aggregates
             .iter()
@@ -159,7 +177,7 @@ impl Transform for Window {
         let st = self.state.get(&rec.key, KeyState::default);
         if self.emit == WindowEmit::EachRecord {
             st.recent.push_back((ts, value));
-            while st.recent.front().is_some_and(|(t, _)| *t <= ts - size) {
+            while st.recent.front().is_some_and(|(t, _)| *t <= ts - size) || st.recent.len() > MAX_RECENT {
                 st.recent.pop_front();
             }
             let mut agg = Agg::default();
