@@ -17,6 +17,8 @@ use rdkafka::util::Timeout;
 pub fn config() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", crate::kafka());
+    // Tests restart the broker; see the runner's kafka_config for why.
+    c.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
     c
 }
 

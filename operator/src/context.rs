@@ -35,7 +35,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events.
     pub recorder: Recorder,
-    kafka: Mutex<HashMap<String, Arc<Kafka>>>,
+    /// Admin clients per cluster and credentials, with when each was made.
+    kafka: Mutex<HashMap<String, (Arc<Kafka>, Instant)>>,
     failures: Mutex<HashMap<String, u32>>,
     cleanups: Mutex<HashMap<String, (u32, Instant)>>,
     lags: Mutex<HashMap<String, (Instant, i64)>>,
@@ -66,17 +67,34 @@ impl Context {
     /// The admin connection for a cluster and credentials (created once).
     pub fn kafka(&self, bootstrap: &str, props: &BTreeMap<String, String>) -> Result<Arc<Kafka>, KafkaError> {
         let key = format!("{bootstrap}|{props:?}");
-        if let Some(k) = lock(&self.kafka).get(&key) {
+        if let Some((k, _)) = lock(&self.kafka).get(&key) {
             return Ok(k.clone());
         }
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
+        // Without this a client that saw a restarting KRaft broker answer
+        // metadata with no brokers keeps none for five minutes (librdkafka
+        // re-bootstraps only after metadata.recovery.rebootstrap.trigger.ms).
+        config.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
         for (k, v) in props {
             config.set(k, v);
         }
         let k = Arc::new(Kafka::new(config)?);
-        lock(&self.kafka).insert(key, k.clone());
+        lock(&self.kafka).insert(key, (k.clone(), Instant::now()));
         Ok(k)
+    }
+
+    /// A request through the admin client for this cluster failed: make a
+    /// new client next time, unless this one is younger than 30 s. A client
+    /// that saw the cluster restart can be left with no broker to talk to
+    /// (librdkafka drops brokers a metadata response leaves out), and would
+    /// fail every request from then on.
+    pub fn kafka_failed(&self, bootstrap: &str, props: &BTreeMap<String, String>) {
+        let key = format!("{bootstrap}|{props:?}");
+        let mut clients = lock(&self.kafka);
+        if clients.get(&key).is_some_and(|(_, made)| made.elapsed() >= Duration::from_secs(30)) {
+            clients.remove(&key);
+        }
     }
 
     /// The next retry delay for an object: 1 s doubling to 5 minutes.

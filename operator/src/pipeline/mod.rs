@@ -132,8 +132,16 @@ pub async fn reconcile(p: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Er
                 Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
             }
         })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)));
+        .await;
+        let result = match result {
+            // A second reconcile of a deleted Pipeline, started from a cache
+            // that had not yet seen the first one remove the finalizer: the
+            // Pipeline is gone, which is what both wanted.
+            Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+                Ok(Action::await_change())
+            }
+            other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+        };
         ctx.metrics.observe_duration("Pipeline", started.elapsed());
         result
     }
@@ -255,6 +263,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                 obs.topics.push(st);
             }
             Err(e) => {
+                ctx.kafka_failed(&bootstrap, &secret_props);
                 obs.topics_problem = Some(("KafkaUnavailable".into(), e.to_string()));
                 obs.topics.clear();
                 write_status(ctx, &api, p, &obs).await?;
@@ -456,7 +465,10 @@ async fn cleanup(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                     }
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    ctx.kafka_failed(&b, &props);
+                    Err(e)
+                }
             },
             Err(e) => Err(e),
         },

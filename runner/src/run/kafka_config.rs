@@ -63,6 +63,12 @@ impl KafkaSettings {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        // librdkafka drops brokers a metadata response leaves out, and a
+        // restarting KRaft broker answers with none: the client is then left
+        // with no broker at all until it re-bootstraps, by default after
+        // five minutes (a consumer group sat unassigned that long in the
+        // broker-restart test). Re-bootstrap after 10 s instead.
+        c.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -88,6 +94,9 @@ mod tests {
         assert_eq!(s.properties["sasl.password"], "s3cret");
         assert!(s.properties["ssl.ca.location"].ends_with("ca.crt"));
         assert_eq!(s.properties.len(), 3);
+        let c = s.client_config();
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        assert_eq!(c.get("metadata.recovery.rebootstrap.trigger.ms"), Some("10000"));
     }
 
     #[test]

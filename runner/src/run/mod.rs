@@ -15,6 +15,14 @@
 //!
 //! Processing is single-threaded (one engine, no locks on the hot path
 //! beyond uncontended ones); librdkafka's threads do the network I/O.
+//!
+//! Broker outages: partitions lost to a session timeout are let go at once
+//! (nothing can be committed for them) and re-read from the committed
+//! offsets when the group is joined again. A consumer that librdkafka left
+//! with no broker at all (it happens when a restarting broker answers
+//! metadata with an empty broker list) is replaced by a new one, in-flight
+//! work forgotten; a producer left like that makes the runner exit, to be
+//! restarted, without committing anything more; see `OrphanWatch`.
 
 pub mod kafka_config;
 pub mod offsets;
@@ -108,6 +116,7 @@ fn lock(m: &Mutex<LoopState>) -> MutexGuard<'_, LoopState> {
 #[derive(Default)]
 struct ProducerCtx {
     reports: Mutex<Vec<Report>>,
+    orphan: OrphanWatch,
 }
 
 struct Report {
@@ -122,7 +131,37 @@ struct Failure {
     payload: Vec<u8>,
 }
 
-impl ClientContext for ProducerCtx {}
+impl ClientContext for ProducerCtx {
+    fn stats(&self, stats: Statistics) {
+        self.orphan.observe(&stats);
+    }
+}
+
+/// How long a client has had no broker left at all. librdkafka drops the
+/// brokers a metadata response leaves out, and a restarting KRaft broker
+/// (a single-broker cluster, or a whole cluster restarted at once) can
+/// answer with an empty list. A client left like that re-bootstraps only
+/// after a metadata request it can no longer send: it never recovers by
+/// itself (a consumer group sat unassigned and a producer's queue stayed
+/// full for minutes in the broker-restart test). The runner replaces such a
+/// consumer, and exits, to be restarted, when it happens to the producer.
+#[derive(Default)]
+struct OrphanWatch(Mutex<Option<Instant>>);
+
+impl OrphanWatch {
+    fn observe(&self, stats: &Statistics) {
+        let mut since = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if has_cluster_broker(stats) {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
+    }
+
+    fn orphaned_for(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = usize;
@@ -143,10 +182,29 @@ impl ProducerContext for ProducerCtx {
 
 struct ConsumerCtx {
     shared: Arc<Shared>,
+    /// Set when this consumer was replaced: its late callbacks are ignored.
+    retired: AtomicBool,
+    orphan: OrphanWatch,
+}
+
+impl ConsumerCtx {
+    fn new(shared: Arc<Shared>) -> Self {
+        ConsumerCtx { shared, retired: AtomicBool::new(false), orphan: OrphanWatch::default() }
+    }
+}
+
+/// Whether a client's statistics list a real broker (bootstrap or learned),
+/// not only the internal one and the logical group coordinator.
+fn has_cluster_broker(stats: &Statistics) -> bool {
+    stats.brokers.values().any(|b| matches!(b.source.as_str(), "configured" | "learned"))
 }
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, stats: Statistics) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        self.orphan.observe(&stats);
         let Some(topic) = stats.topics.get(&self.shared.input) else { return };
         for (id, p) in &topic.partitions {
             if *id >= 0 && p.consumer_lag >= 0 {
@@ -162,21 +220,39 @@ impl ClientContext for ConsumerCtx {
 
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(partitions = ?partitions, "Partitions revoked; finishing their in-flight records");
                 self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "revoke".into() }).inc();
                 let mut st = lock(&self.shared.state);
-                if self.shared.abandoned.load(Ordering::Relaxed) {
-                    // After a failure nothing is finished: what was in flight
-                    // is reprocessed by the next owner.
+                let lost = consumer.assignment_lost();
+                if lost {
+                    // The group already gave these partitions away (session
+                    // timeout, usually a broker outage): a commit cannot
+                    // succeed, and waiting on the producer here only keeps
+                    // the consumer from rejoining. The in-flight records are
+                    // reprocessed from the committed offsets.
+                    warn!(partitions = ?partitions, "Partitions lost; their in-flight records will be reprocessed");
+                    self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "lost".into() }).inc();
+                }
+                if lost || self.shared.abandoned.load(Ordering::Relaxed) {
+                    // Nothing is finished: what was in flight is reprocessed
+                    // by the next owner, and no transaction may commit it.
                     if st.txn_open {
-                        let _ = self.shared.producer.abort_transaction(Duration::from_secs(10));
+                        if let Err(e) = self.shared.producer.abort_transaction(Duration::from_secs(10)) {
+                            st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
+                        }
                         st.txn_open = false;
                     }
                 } else if let Err(e) = self.shared.finish(consumer, &mut st, Duration::from_secs(30)) {
-                    error!(error = %e, "Could not finish in-flight records before revocation; they will be reprocessed");
+                    error!(
+                        error = format!("{e:#}"),
+                        "Could not finish in-flight records before revocation; they will be reprocessed"
+                    );
                     if st.txn_open {
                         // Keep no outputs whose offsets are about to be dropped.
                         let _ = self.shared.producer.abort_transaction(Duration::from_secs(10));
@@ -337,7 +413,8 @@ pub fn run(opts: Options) -> Result<()> {
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "65536")
         .set("message.max.bytes", spec.max_output_bytes().to_string())
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        .set("statistics.interval.ms", "5000");
     if spec.delivery == Delivery::ExactlyOnce {
         pc.set("transactional.id", format!("{group}.{}", opts.instance));
     }
@@ -379,10 +456,14 @@ pub fn run(opts: Options) -> Result<()> {
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "5000")
         .set("queued.max.messages.kbytes", "32768");
-    let consumer: BaseConsumer<ConsumerCtx> = cc
-        .create_with_context(ConsumerCtx { shared: shared.clone() })
-        .context("creating the Kafka consumer")?;
-    consumer.subscribe(&[&spec.input.topic.name]).context("subscribing to the input topic")?;
+    let new_consumer = || -> Result<BaseConsumer<ConsumerCtx>> {
+        let consumer: BaseConsumer<ConsumerCtx> = cc
+            .create_with_context(ConsumerCtx::new(shared.clone()))
+            .context("creating the Kafka consumer")?;
+        consumer.subscribe(&[&spec.input.topic.name]).context("subscribing to the input topic")?;
+        Ok(consumer)
+    };
+    let mut consumer = new_consumer()?;
 
     let http = crate::http::serve(opts.listen, shared_http(&shared))?;
     install_signal_handlers(&shared)?;
@@ -394,7 +475,34 @@ pub fn run(opts: Options) -> Result<()> {
 
     // Every log line of the loop carries the pipeline's namespace and name.
     let span = tracing::info_span!("pipeline", namespace = %namespace, pipeline = %name);
-    let result = span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch));
+    let result = loop {
+        match span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch)) {
+            Ok(LoopExit::Orphaned) => {
+                let _span = span.enter();
+                warn!(
+                    "The Kafka consumer has had no broker for {ORPHAN_LIMIT:?}; replacing it (in-flight records are reprocessed)"
+                );
+                shared
+                    .metrics
+                    .rebalances
+                    .get_or_create(&KindLabel { kind: "consumer_replaced".into() })
+                    .inc();
+                shared.ready.store(false, Ordering::Relaxed);
+                consumer.context().retired.store(true, Ordering::Relaxed);
+                forget_everything(&shared);
+                match new_consumer() {
+                    // Closing the old consumer waits for librdkafka; it may
+                    // never finish in this state, so not on this thread.
+                    Ok(fresh) => {
+                        close_in_background(std::mem::replace(&mut consumer, fresh));
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            Ok(LoopExit::Stopped) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
     shared.ready.store(false, Ordering::Relaxed);
     if result.is_err() {
         shared.abandoned.store(true, Ordering::Relaxed);
@@ -406,7 +514,10 @@ pub fn run(opts: Options) -> Result<()> {
             Err(_) => Ok(()),
         }
     };
-    consumer.unsubscribe();
+    let closed = close_in_background(consumer);
+    if closed.recv_timeout(Duration::from_secs(30)).is_err() {
+        warn!("The Kafka consumer did not close within 30 s; exiting without waiting for it");
+    }
     drop(http);
     let counts = engine.counts();
     info!(
@@ -418,6 +529,22 @@ pub fn run(opts: Options) -> Result<()> {
         "Runner stopped"
     );
     result.and(closing)
+}
+
+/// Leave the group and close a consumer on a thread of its own: librdkafka's
+/// close can wait forever on a client that lost its brokers. The receiver
+/// hears once it is closed.
+fn close_in_background(consumer: BaseConsumer<ConsumerCtx>) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("consumer-close".into()).spawn(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = tx.send(());
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "Cannot start a thread to close the Kafka consumer");
+    }
+    rx
 }
 
 fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
@@ -462,13 +589,41 @@ fn install_signal_handlers(shared: &Arc<Shared>) -> Result<()> {
 /// reports and offset storing.
 const MAX_BATCH: usize = 512;
 
+/// How long the consumer may have no broker before it is replaced (the
+/// statistics that tell arrive every 5 s).
+const ORPHAN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why the processing loop returned.
+enum LoopExit {
+    /// SIGTERM/SIGINT.
+    Stopped,
+    /// The consumer lost every broker and must be replaced.
+    Orphaned,
+}
+
+/// Drop all in-flight work: the partitions are re-read from their committed
+/// offsets, and an open transaction must not commit any of it.
+fn forget_everything(shared: &Shared) {
+    let mut st = lock(&shared.state);
+    st.tracker.forget_all();
+    st.stored.clear();
+    st.txn_offsets.clear();
+    if st.txn_open {
+        if let Err(e) = shared.producer.abort_transaction(Duration::from_secs(10)) {
+            st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
+        }
+        st.txn_open = false;
+    }
+    shared.metrics.in_flight.set(0);
+}
+
 fn process_loop(
     shared: &Arc<Shared>,
     consumer: &BaseConsumer<ConsumerCtx>,
     engine: &mut Engine,
     spec: &vigil_crds::PipelineSpec,
     batch: usize,
-) -> Result<()> {
+) -> Result<LoopExit> {
     let producer = &shared.producer;
     let output = spec.output.name.as_str();
     let mut last_counts = engine.counts();
@@ -477,6 +632,18 @@ fn process_loop(
     let mut last_store = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         shared.heartbeat.store(now_secs(), Ordering::Relaxed);
+        if consumer.context().orphan.orphaned_for().is_some_and(|d| d >= ORPHAN_LIMIT) {
+            return Ok(LoopExit::Orphaned);
+        }
+        if producer.context().orphan.orphaned_for().is_some_and(|d| d >= ORPHAN_LIMIT) {
+            // What it holds cannot be delivered, and a replacement could not
+            // take over its idempotence or transaction state: start afresh
+            // from the committed offsets (in a pod, the container restarts).
+            bail!(
+                "the Kafka producer has had no broker for {ORPHAN_LIMIT:?} and cannot recover; \
+                 exiting so that the runner restarts with fresh clients"
+            );
+        }
         // Take up to MAX_BATCH records that are already fetched, then do the
         // per-batch work (delivery reports, offsets) once. The state lock is
         // never held across poll: poll runs the rebalance callback.
@@ -550,7 +717,7 @@ fn process_loop(
         m.detector_keys.set(engine.detector().keys().0 as i64);
         last_counts = c;
     }
-    Ok(())
+    Ok(LoopExit::Stopped)
 }
 
 fn process_message(
@@ -688,4 +855,29 @@ fn dead_letter<'a>(
         rec = rec.key(k);
     }
     rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::statistics::Broker;
+
+    fn stats(sources: &[&str]) -> Statistics {
+        let mut s = Statistics::default();
+        for (i, source) in sources.iter().enumerate() {
+            s.brokers.insert(format!("b{i}"), Broker { source: source.to_string(), ..Default::default() });
+        }
+        s
+    }
+
+    #[test]
+    fn a_client_left_with_only_internal_and_coordinator_brokers_is_orphaned() {
+        assert!(has_cluster_broker(&stats(&["internal", "configured"])), "bootstrap broker, before metadata");
+        assert!(
+            has_cluster_broker(&stats(&["internal", "learned", "logical"])),
+            "a learned broker, even down"
+        );
+        assert!(!has_cluster_broker(&stats(&["internal", "logical"])), "what the broker-restart test saw");
+        assert!(!has_cluster_broker(&stats(&[])));
+    }
 }

@@ -135,6 +135,14 @@ impl Tracker {
 
     /// Forget a partition (revoked): its unfinished records will be consumed
     /// again by whoever owns it next.
+    /// Forget every partition (the consumer was replaced).
+    pub fn forget_all(&mut self) {
+        let partitions: Vec<i32> = self.order.keys().copied().collect();
+        for p in partitions {
+            self.forget(p);
+        }
+    }
+
     pub fn forget(&mut self, partition: i32) {
         if let Some(queue) = self.order.remove(&partition) {
             for t in queue {
@@ -194,5 +202,19 @@ mod tests {
         assert_eq!(t.committable(), vec![], "stale acks were ignored");
         t.ack(c);
         assert_eq!(t.committable(), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn a_replaced_consumer_leaves_nothing_in_flight() {
+        let mut t = Tracker::default();
+        let a = t.begin(0, 3);
+        t.add_output(a);
+        t.dispatched(a);
+        let b = t.begin(1, 9);
+        t.dispatched(b);
+        t.forget_all();
+        assert_eq!(t.in_flight(), 0);
+        t.ack(a);
+        assert_eq!(t.committable(), vec![], "nothing is committable for forgotten partitions");
     }
 }

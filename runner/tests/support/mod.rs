@@ -79,7 +79,8 @@ impl Runner {
             .args(["run", "--pipeline", file.to_str().unwrap(), "--group", group])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--instance", instance])
             .env("VIGIL_KAFKA_BOOTSTRAP", kafka())
-            .env("VIGIL_LOG", "info")
+            // VIGIL_TEST_LOG, e.g. "info,librdkafka=debug", to see more.
+            .env("VIGIL_LOG", std::env::var("VIGIL_TEST_LOG").unwrap_or("info".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -125,6 +126,11 @@ impl Runner {
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// The exit status code of a runner that has exited by itself.
+    pub fn exit_code(mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
     }
 
     /// SIGTERM, and the exit status code.
