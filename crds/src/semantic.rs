@@ -225,11 +225,12 @@ fn window_durations(w: &crate::transform::WindowSpec, at: &str, errors: &mut Vec
             w.slide.as_deref().unwrap_or_default(),
             w.size
         ));
-    } else if size.as_millis() / slide.as_millis() > 1_000 {
+    } else if size.as_millis() / slide.as_millis() > crate::transform::MAX_WINDOWS_PER_RECORD {
         errors.push(format!(
-            "{at}.window.slide: Invalid value: \"{}\": size ({}) is more than 1000 slides; use a longer slide",
+            "{at}.window.slide: Invalid value: \"{}\": size ({}) is more than {} slides; use a longer slide",
             w.slide.as_deref().unwrap_or_default(),
-            w.size
+            w.size,
+            crate::transform::MAX_WINDOWS_PER_RECORD
         ));
     }
 }

@@ -207,6 +207,10 @@ pub enum WindowEmit {
     EachRecord,
 }
 
+/// Most windows one record may belong to (size / slide): bounds the work
+/// per record. Checked by admission and by the runner.
+pub const MAX_WINDOWS_PER_RECORD: u128 = 1_000;
+
 /// `window` configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

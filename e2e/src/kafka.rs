@@ -17,7 +17,7 @@ use rdkafka::util::Timeout;
 pub fn config() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", crate::kafka());
-    // Tests restart the broker; see the runner's kafka_config for why.
+    // Tests restart the broker: re-bootstrap soon when it does not answer.
     c.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
     c
 }

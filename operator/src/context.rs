@@ -44,6 +44,11 @@ pub struct Context {
     lag_permits: tokio::sync::Semaphore,
 }
 
+/// Which cached admin client serves a cluster and credentials.
+fn kafka_key(bootstrap: &str, props: &BTreeMap<String, String>) -> String {
+    format!("{bootstrap}|{props:?}")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -66,15 +71,15 @@ impl Context {
 
     /// The admin connection for a cluster and credentials (created once).
     pub fn kafka(&self, bootstrap: &str, props: &BTreeMap<String, String>) -> Result<Arc<Kafka>, KafkaError> {
-        let key = format!("{bootstrap}|{props:?}");
+        let key = kafka_key(bootstrap, props);
         if let Some((k, _)) = lock(&self.kafka).get(&key) {
             return Ok(k.clone());
         }
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
-        // Without this a client that saw a restarting KRaft broker answer
-        // metadata with no brokers keeps none for five minutes (librdkafka
-        // re-bootstraps only after metadata.recovery.rebootstrap.trigger.ms).
+        // When no known broker answers metadata, re-bootstrap after 10 s
+        // rather than five minutes (a client left with no broker at all is
+        // replaced instead: `kafka_failed`).
         config.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
         for (k, v) in props {
             config.set(k, v);
@@ -90,7 +95,7 @@ impl Context {
     /// (librdkafka drops brokers a metadata response leaves out), and would
     /// fail every request from then on.
     pub fn kafka_failed(&self, bootstrap: &str, props: &BTreeMap<String, String>) {
-        let key = format!("{bootstrap}|{props:?}");
+        let key = kafka_key(bootstrap, props);
         let mut clients = lock(&self.kafka);
         if clients.get(&key).is_some_and(|(_, made)| made.elapsed() >= Duration::from_secs(30)) {
             clients.remove(&key);

@@ -79,11 +79,15 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
     assert_eq!(status.topics.len(), 3);
     assert!(status.topics.iter().all(|t| t.state == "Ready"), "{:?}", status.topics);
 
-    // Events were recorded for the transitions.
+    // Events were recorded for the transitions (published just after the
+    // status write the test saw).
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns.name);
-    let reasons: Vec<String> =
-        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
-    assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
+    eventually(Duration::from_secs(10), "a Ready Event", || async {
+        let reasons: Vec<String> =
+            events.list(&Default::default()).await.ok()?.items.into_iter().filter_map(|e| e.reason).collect();
+        reasons.iter().any(|r| r == "Ready").then_some(())
+    })
+    .await;
 
     api.delete("cpu", &DeleteParams::default()).await.unwrap();
     let _ = kafka::delete_topics(&[&in_topic, &format!("{t}-out"), &format!("{t}-dlq")]).await;

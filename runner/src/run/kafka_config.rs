@@ -63,11 +63,9 @@ impl KafkaSettings {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
-        // librdkafka drops brokers a metadata response leaves out, and a
-        // restarting KRaft broker answers with none: the client is then left
-        // with no broker at all until it re-bootstraps, by default after
-        // five minutes (a consumer group sat unassigned that long in the
-        // broker-restart test). Re-bootstrap after 10 s instead.
+        // When no known broker answers metadata, re-bootstrap after 10 s
+        // rather than librdkafka's five minutes. (A client left with no
+        // broker at all never gets there; `run::OrphanWatch` handles that.)
         c.set("metadata.recovery.rebootstrap.trigger.ms", "10000");
         for (k, v) in &self.properties {
             c.set(k, v);

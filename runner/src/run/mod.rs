@@ -242,12 +242,7 @@ impl ConsumerContext for ConsumerCtx {
                 if lost || self.shared.abandoned.load(Ordering::Relaxed) {
                     // Nothing is finished: what was in flight is reprocessed
                     // by the next owner, and no transaction may commit it.
-                    if st.txn_open {
-                        if let Err(e) = self.shared.producer.abort_transaction(Duration::from_secs(10)) {
-                            st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
-                        }
-                        st.txn_open = false;
-                    }
+                    self.shared.abort_open_transaction(&mut st);
                 } else if let Err(e) = self.shared.finish(consumer, &mut st, Duration::from_secs(30)) {
                     error!(
                         error = format!("{e:#}"),
@@ -255,9 +250,8 @@ impl ConsumerContext for ConsumerCtx {
                     );
                     if st.txn_open {
                         // Keep no outputs whose offsets are about to be dropped.
-                        let _ = self.shared.producer.abort_transaction(Duration::from_secs(10));
-                        st.txn_open = false;
                         st.fatal.get_or_insert(format!("transaction failed at revocation: {e:#}"));
+                        self.shared.abort_open_transaction(&mut st);
                     }
                 }
                 for p in &partitions {
@@ -279,6 +273,17 @@ impl ConsumerContext for ConsumerCtx {
 }
 
 impl Shared {
+    /// Abort the open transaction, if any: none of its outputs may commit.
+    /// A failed abort is fatal.
+    fn abort_open_transaction(&self, st: &mut LoopState) {
+        if st.txn_open {
+            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(10)) {
+                st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
+            }
+            st.txn_open = false;
+        }
+    }
+
     /// Flush the producer and make everything acknowledged so far durable:
     /// store and commit offsets (at-least-once) or commit the open
     /// transaction (exactly-once).
@@ -608,12 +613,7 @@ fn forget_everything(shared: &Shared) {
     st.tracker.forget_all();
     st.stored.clear();
     st.txn_offsets.clear();
-    if st.txn_open {
-        if let Err(e) = shared.producer.abort_transaction(Duration::from_secs(10)) {
-            st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
-        }
-        st.txn_open = false;
-    }
+    shared.abort_open_transaction(&mut st);
     shared.metrics.in_flight.set(0);
 }
 

@@ -133,8 +133,6 @@ impl Tracker {
         self.committable_timed(|_| {})
     }
 
-    /// Forget a partition (revoked): its unfinished records will be consumed
-    /// again by whoever owns it next.
     /// Forget every partition (the consumer was replaced).
     pub fn forget_all(&mut self) {
         let partitions: Vec<i32> = self.order.keys().copied().collect();
@@ -143,6 +141,8 @@ impl Tracker {
         }
     }
 
+    /// Forget a partition (revoked): its unfinished records will be consumed
+    /// again by whoever owns it next.
     pub fn forget(&mut self, partition: i32) {
         if let Some(queue) = self.order.remove(&partition) {
             for t in queue {

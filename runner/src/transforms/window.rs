@@ -18,15 +18,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use vigil_crds::duration::parse_duration;
-use vigil_crds::transform::{Aggregate, WindowEmit, WindowSpec};
+use vigil_crds::transform::{Aggregate, MAX_WINDOWS_PER_RECORD, WindowEmit, WindowSpec};
 
 use super::{BuildCtx, Ctx, Transform, field};
 use crate::codec::time::format_rfc3339;
 use crate::keyed::Keyed;
 use crate::record::{FieldId, Record, Value};
 
-/// Most windows one record may belong to (size / slide).
-pub const MAX_WINDOWS_PER_RECORD: i64 = 1_000;
 /// Most records an `eachRecord` window keeps per key; older ones leave it
 /// early when a key sends faster than this per window.
 const MAX_RECENT: usize = 100_000;
@@ -116,7 +114,7 @@ impl Window {
             return Err(format!("window slide {} must be at most size {} and divide it", slide, size));
         }
         // Each record belongs to size/slide windows: bound the work per record.
-        if size / slide > MAX_WINDOWS_PER_RECORD {
+        if (size / slide) as u128 > MAX_WINDOWS_PER_RECORD {
             return Err(format!(
                 "window size {} is more than {MAX_WINDOWS_PER_RECORD} slides of {}: use a longer slide",
                 spec.size,
