@@ -223,8 +223,11 @@ impl PipelineSpec {
 }
 
 impl Pipeline {
+    /// What every Pipeline's consumer group name starts with.
+    pub const CONSUMER_GROUP_PREFIX: &'static str = "vigil.";
+
     /// The Kafka consumer group of this pipeline's runners.
     pub fn consumer_group(namespace: &str, name: &str) -> String {
-        format!("vigil.{namespace}.{name}")
+        format!("{}{namespace}.{name}", Self::CONSUMER_GROUP_PREFIX)
     }
 }

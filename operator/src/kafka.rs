@@ -2,8 +2,9 @@
 //! delete topics, and read a consumer group's lag. Every call has a time
 //! bound, so an unreachable cluster is an error after seconds, not a hang.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
@@ -13,7 +14,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use vigil_crds::TopicSpec;
+use vigil_crds::{Pipeline, TopicSpec};
+
+use crate::offsets::{self, OffsetsReader};
 
 /// How long one Kafka request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(8);
@@ -44,6 +47,29 @@ pub struct Observed {
 pub struct Kafka {
     admin: AdminClient<DefaultClientContext>,
     config: ClientConfig,
+    /// Committed offsets of the cluster's Vigil groups, for lag queries.
+    offsets: Option<Arc<OffsetsReader>>,
+    /// The cluster's topics, shared by the reconciles (see `shape`).
+    metadata: Mutex<Metadata>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// How old the shared topic metadata may be. Changes made by this operator
+/// are seen at once; changes made out of band within this delay.
+pub const METADATA_TTL: Duration = Duration::from_secs(10);
+
+/// Per topic: (partitions, replication factor), or why its metadata is bad.
+type Shapes = HashMap<String, Result<(i32, i32), KafkaError>>;
+
+struct Metadata {
+    /// When the fetch that produced the shapes started.
+    fetched: Option<(Instant, Shapes)>,
+    /// When this client last changed a topic.
+    changed: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Kafka {
@@ -51,7 +77,20 @@ impl Kafka {
     pub fn new(config: ClientConfig) -> Result<Self, KafkaError> {
         let mut c = config.clone();
         c.set("socket.timeout.ms", "8000");
-        Ok(Kafka { admin: c.create()?, config })
+        let offsets = match OffsetsReader::start(&c, Pipeline::CONSUMER_GROUP_PREFIX) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::info!(error = %e, "Lag is asked of each group's coordinator");
+                None
+            }
+        };
+        Ok(Kafka {
+            admin: c.create()?,
+            config,
+            offsets,
+            metadata: Mutex::new(Metadata { fetched: None, changed: Instant::now() }),
+            fetching: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn options() -> AdminOptions {
@@ -60,29 +99,7 @@ impl Kafka {
 
     /// The topic, or `None` if it does not exist.
     pub async fn describe(&self, name: &str) -> Result<Option<Observed>, KafkaError> {
-        // Metadata requests block; only plain values leave this block, since
-        // the metadata itself may not cross an await.
-        let (partitions, replication_factor) = {
-            let client = self.admin.inner();
-            let md = tokio::task::block_in_place(|| client.fetch_metadata(Some(name), TIMEOUT))?;
-            let Some(t) = md.topics().iter().find(|t| t.name() == name) else { return Ok(None) };
-            match t.error() {
-                Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
-                    return Ok(None);
-                }
-                Some(e) => {
-                    return Err(KafkaError(format!(
-                        "metadata of topic {name}: {:?}",
-                        RDKafkaErrorCode::from(e)
-                    )));
-                }
-                None => {}
-            }
-            if t.partitions().is_empty() {
-                return Ok(None);
-            }
-            (t.partitions().len() as i32, t.partitions().first().map_or(0, |p| p.replicas().len() as i32))
-        };
+        let Some((partitions, replication_factor)) = self.shape(name).await? else { return Ok(None) };
         let results =
             self.admin.describe_configs(&[ResourceSpecifier::Topic(name)], &Self::options()).await?;
         let mut config = BTreeMap::new();
@@ -99,8 +116,55 @@ impl Kafka {
         Ok(Some(Observed { partitions, replication_factor, config }))
     }
 
+    /// (partitions, replication factor) of a topic, from the cluster's
+    /// metadata as of at most `METADATA_TTL` ago and after this client's
+    /// last change to any topic. Asking for one topic by name would make
+    /// librdkafka keep a topic object for it for the client's lifetime, and
+    /// a client holding thousands of those spends its idle time scanning
+    /// them; the whole cluster's metadata, shared by the reconciles, leaves
+    /// none behind.
+    async fn shape(&self, name: &str) -> Result<Option<(i32, i32)>, KafkaError> {
+        let _one_fetch_at_a_time = self.fetching.lock().await;
+        {
+            let m = lock(&self.metadata);
+            if let Some((at, shapes)) = &m.fetched {
+                if *at >= m.changed && at.elapsed() < METADATA_TTL {
+                    return shapes.get(name).cloned().transpose();
+                }
+            }
+        }
+        let started = Instant::now();
+        let client = self.admin.inner();
+        let shapes = tokio::task::block_in_place(|| -> Result<_, KafkaError> {
+            let md = client.fetch_metadata(None, TIMEOUT)?;
+            let mut shapes = HashMap::with_capacity(md.topics().len());
+            for t in md.topics() {
+                let shape = match t.error().map(RDKafkaErrorCode::from) {
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition) => continue,
+                    Some(e) => Err(KafkaError(format!("metadata of topic {}: {e:?}", t.name()))),
+                    None if t.partitions().is_empty() => continue,
+                    None => Ok((
+                        t.partitions().len() as i32,
+                        t.partitions().first().map_or(0, |p| p.replicas().len() as i32),
+                    )),
+                };
+                shapes.insert(t.name().to_string(), shape);
+            }
+            Ok(shapes)
+        })?;
+        let answer = shapes.get(name).cloned().transpose();
+        lock(&self.metadata).fetched = Some((started, shapes));
+        answer
+    }
+
+    /// This client changed a topic: the next `describe` reads fresh metadata.
+    fn changed(&self) {
+        lock(&self.metadata).changed = Instant::now();
+    }
+
     /// Create a topic as specified.
     pub async fn create(&self, spec: &TopicSpec) -> Result<(), KafkaError> {
+        self.changed();
         let mut t =
             NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
         for (k, v) in &spec.config {
@@ -117,6 +181,7 @@ impl Kafka {
 
     /// Grow a topic to `partitions`.
     pub async fn grow(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
+        self.changed();
         let np = NewPartitions::new(name, partitions.max(1) as usize);
         for r in self.admin.create_partitions(&[np], &Self::options()).await? {
             r.map_err(|(n, e)| KafkaError(format!("growing topic {n} to {partitions} partitions: {e}")))?;
@@ -126,6 +191,7 @@ impl Kafka {
 
     /// Set a topic's whole dynamic configuration to `config`.
     pub async fn set_config(&self, name: &str, config: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+        self.changed();
         let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
         for (k, v) in config {
             alter = alter.set(k, v);
@@ -138,6 +204,7 @@ impl Kafka {
 
     /// Delete topics; missing ones are fine.
     pub async fn delete(&self, names: &[&str]) -> Result<(), KafkaError> {
+        self.changed();
         for r in self.admin.delete_topics(names, &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
@@ -162,6 +229,16 @@ impl Kafka {
     /// partitions of high watermark minus committed offset (the whole
     /// partition when the group has committed nothing).
     pub async fn lag(&self, group: &str, topic: &str, partitions: i32) -> Result<i64, KafkaError> {
+        if let Some(reader) = &self.offsets {
+            if let Some(committed) = reader.committed(group, topic, partitions) {
+                let (reader, topic) = (reader.clone(), topic.to_string());
+                return tokio::task::spawn_blocking(move || reader.lag(&topic, &committed))
+                    .await
+                    .map_err(|e| KafkaError(format!("lag query failed: {e}")))?;
+            }
+        }
+        // Not (yet) readable from the offsets topic: ask the group's
+        // coordinator, through a consumer of that group made for the query.
         let mut c = self.config.clone();
         c.set("group.id", group).set("enable.auto.commit", "false");
         let topic = topic.to_string();
@@ -172,15 +249,11 @@ impl Kafka {
                 tpl.add_partition(&topic, p);
             }
             let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
-            let mut lag = 0;
-            for e in committed.elements() {
-                let (low, high) = consumer.fetch_watermarks(&topic, e.partition(), TIMEOUT)?;
-                lag += match e.offset() {
-                    Offset::Offset(o) => (high - o).max(0),
-                    _ => (high - low).max(0),
-                };
-            }
-            Ok(lag)
+            let committed = committed.elements().into_iter().map(|e| match e.offset() {
+                Offset::Offset(o) => (Some(o), e.partition()),
+                _ => (None, e.partition()),
+            });
+            offsets::lag_of(&consumer, &topic, committed)
         })
         .await
         .map_err(|e| KafkaError(format!("lag query failed: {e}")))?

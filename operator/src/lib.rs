@@ -7,5 +7,6 @@ pub mod crdgen;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod offsets;
 pub mod pipeline;
 pub mod rbac;

@@ -290,3 +290,109 @@ async fn real_k8s_an_invalid_spec_is_reported_and_waits_for_a_change() {
     api.delete("bad", &DeleteParams::default()).await.unwrap();
     ns.cleanup().await.unwrap();
 }
+
+/// Commit `offsets` (partition -> next offset to read) for `group` on `topic`,
+/// as a runner of that group would.
+fn commit(group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mut c = kafka::config();
+    c.set("group.id", group).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = c.create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &(p, o) in offsets {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(o)).unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+fn high_watermark(topic: &str, partition: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = kafka::config().create().unwrap();
+    consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_kafka_the_offsets_reader_follows_commits_and_deletions() {
+    use vigil_operator::offsets::OffsetsReader;
+    let topic = unique_name("offsets-reader");
+    kafka::create_topic(&topic, 2, &[]).await.unwrap();
+    let group = format!("{}{topic}", Pipeline::CONSUMER_GROUP_PREFIX);
+    let other_group = format!("not-vigil-{topic}");
+    // Commits made before the reader starts are read back from the topic.
+    commit(&group, &topic, &[(0, 7)]);
+    commit(&other_group, &topic, &[(0, 9)]);
+
+    let reader = OffsetsReader::start(&kafka::config(), Pipeline::CONSUMER_GROUP_PREFIX).unwrap();
+    let first = eventually(Duration::from_secs(30), "the reader to catch up", || async {
+        reader.committed(&group, &topic, 2)
+    })
+    .await;
+    assert_eq!(first, vec![Some(7), None], "failed: {:?}", reader.failed());
+    // Groups outside Vigil's prefix are not kept.
+    assert_eq!(reader.committed(&other_group, &topic, 1), Some(vec![None]));
+
+    // Later commits arrive while it runs.
+    commit(&group, &topic, &[(0, 12), (1, 3)]);
+    eventually(Duration::from_secs(30), "the new commits", || async {
+        (reader.committed(&group, &topic, 2)? == vec![Some(12), Some(3)]).then_some(())
+    })
+    .await;
+
+    // A deleted group's offsets go too (the coordinator writes tombstones).
+    kafka::admin()
+        .unwrap()
+        .delete_groups(&[&group], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    eventually(Duration::from_secs(30), "the deletion", || async {
+        (reader.committed(&group, &topic, 2)? == vec![None, None]).then_some(())
+    })
+    .await;
+    let _ = kafka::delete_topics(&[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_k8s_status_reports_the_consumer_lag_the_broker_has() {
+    let (client, ns, api, _op, t) = setup("op-lag").await;
+    create(&api, &pipeline_yaml("p", &t, "")).await;
+    let ready = keep_ready(client.clone(), ns.name.clone(), "p-runner".into());
+    wait_condition(&api, "p", "Ready", "True", Duration::from_secs(60)).await;
+    let lag = |want: i64| {
+        let api = api.clone();
+        async move {
+            eventually(Duration::from_secs(60), &format!("status.consumerLag = {want}"), || async {
+                let p = api.get("p").await.ok()?;
+                (p.status?.consumer_lag? == want).then_some(())
+            })
+            .await
+        }
+    };
+    lag(0).await;
+
+    // Nothing committed yet: every record produced is lag.
+    let in_topic = format!("{t}-in");
+    let body = br#"{"host": "a", "cpu": 0.5}"#;
+    let keys: Vec<String> = (0..30).map(|i| format!("host-{i}")).collect();
+    let records: Vec<(Option<&str>, &[u8])> = keys.iter().map(|k| (Some(k.as_str()), &body[..])).collect();
+    kafka::produce(&in_topic, &records).await.unwrap();
+    lag(30).await;
+
+    // The runners' group commits all of partitions 1 and 2: partition 0 is
+    // the lag left.
+    let group = Pipeline::consumer_group(&ns.name, "p");
+    let (h0, h1, h2) = (high_watermark(&in_topic, 0), high_watermark(&in_topic, 1), high_watermark(&in_topic, 2));
+    assert_eq!(h0 + h1 + h2, 30);
+    commit(&group, &in_topic, &[(1, h1), (2, h2)]);
+    lag(h0).await;
+    commit(&group, &in_topic, &[(0, h0)]);
+    lag(0).await;
+
+    ready.abort();
+    api.delete("p", &DeleteParams::default()).await.unwrap();
+    let _ = kafka::delete_topics(&[&in_topic, &format!("{t}-out"), &format!("{t}-dlq")]).await;
+    ns.cleanup().await.unwrap();
+}

@@ -305,13 +305,17 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     obs.lag = ctx
         .cached_lag(&key(p), async {
             let group = Pipeline::consumer_group(&namespace, &name);
-            kafka
+            let lag = kafka
                 .lag(
                     &group,
                     &p.spec.input.topic.name,
                     input_partitions.unwrap_or(p.spec.input.topic.partitions),
                 )
-                .await
+                .await;
+            if lag.is_err() {
+                ctx.kafka_failed(&bootstrap, &secret_props);
+            }
+            lag
         })
         .await;
 
