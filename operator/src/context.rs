@@ -14,6 +14,7 @@ use rdkafka::ClientConfig;
 use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::pipeline::children;
+use crate::pipeline::recheck::Recheck;
 
 /// Operator settings.
 #[derive(Debug, Clone)]
@@ -40,6 +41,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     cleanups: Mutex<HashMap<String, (u32, Instant)>>,
     lags: Mutex<HashMap<String, (Instant, i64)>>,
+    rechecks: Mutex<HashMap<String, Recheck>>,
     /// Lag queries open a Kafka client each; a few at a time is plenty.
     lag_permits: tokio::sync::Semaphore,
 }
@@ -65,6 +67,7 @@ impl Context {
             failures: Mutex::default(),
             cleanups: Mutex::default(),
             lags: Mutex::default(),
+            rechecks: Mutex::default(),
             lag_permits: tokio::sync::Semaphore::new(2),
         }
     }
@@ -127,6 +130,40 @@ impl Context {
     pub fn forget_cleanup(&self, key: &str) {
         lock(&self.cleanups).remove(key);
         lock(&self.lags).remove(key);
+        self.forget_recheck(key);
+    }
+
+    /// A Ready Pipeline was reconciled: re-check it after an interval.
+    pub fn record_recheck(&self, key: &str, r: Recheck) {
+        lock(&self.rechecks).insert(key.to_string(), r);
+    }
+
+    /// Stop re-checking a Pipeline (it is not Ready, is being reconciled,
+    /// or is gone).
+    pub fn forget_recheck(&self, key: &str) {
+        lock(&self.rechecks).remove(key);
+    }
+
+    /// The re-checks last done `interval` or longer ago.
+    pub fn rechecks_due(&self, interval: Duration) -> Vec<(String, Recheck)> {
+        lock(&self.rechecks)
+            .iter()
+            .filter(|(_, r)| r.checked.elapsed() >= interval)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// A re-check found nothing to do.
+    pub fn rechecked(&self, key: &str) {
+        if let Some(r) = lock(&self.rechecks).get_mut(key) {
+            r.checked = Instant::now();
+            r.checks += 1;
+        }
+    }
+
+    /// A lag measured outside a reconcile; the next reconcile reports it.
+    pub fn set_lag(&self, key: &str, lag: i64) {
+        lock(&self.lags).insert(key.to_string(), (Instant::now(), lag));
     }
 
     /// The consumer lag of an object, measured with `measure` at most once

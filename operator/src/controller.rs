@@ -87,8 +87,18 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     let pipelines = reflector(writer, watcher(api::<Pipeline>(&client, ns), watcher::Config::default()))
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    // Re-checks of what no watch reports (Kafka) ask for reconciles here.
+    let (recheck_tx, recheck_rx) = futures::channel::mpsc::unbounded();
+    let recheck_ctx = ctx.clone();
+    let rechecks = async move {
+        match recheck_ctx.settings.refresh_interval {
+            Some(i) => pipeline::recheck::run(recheck_ctx.clone(), i, recheck_tx).await,
+            None => std::future::pending().await,
+        }
+    };
     let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
+        .reconcile_on(recheck_rx)
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
@@ -110,6 +120,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     };
     tokio::select! {
         () = controller => info!("Controller stopped"),
+        () = rechecks => {}
         why = lost => {
             metrics.leader.set(0);
             error!(reason = %why, "Lost leadership; stopping so a standby can take over");

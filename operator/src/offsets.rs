@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaError, TIMEOUT};
@@ -259,7 +259,12 @@ fn assign_all(consumer: &BaseConsumer<ReaderCtx>) -> Result<HashMap<i32, i64>, (
     Ok(behind)
 }
 
-fn run(consumer: &BaseConsumer<ReaderCtx>, state: &Mutex<State>, stop: &AtomicBool, prefix: &str) -> Result<(), KafkaError> {
+fn run(
+    consumer: &BaseConsumer<ReaderCtx>,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+    prefix: &str,
+) -> Result<(), KafkaError> {
     // Caught up once each partition has been read to its high watermark as
     // of the assignment (an empty partition already is). Until the topic can
     // be read (the cluster is down, or no group has committed yet) lag
@@ -305,7 +310,10 @@ fn run(consumer: &BaseConsumer<ReaderCtx>, state: &Mutex<State>, stop: &AtomicBo
                 }
                 let mut s = lock(state);
                 if !s.caught_up {
-                    tracing::debug!(groups = s.offsets.len(), "Read the committed offsets of {OFFSETS_TOPIC}");
+                    tracing::debug!(
+                        groups = s.offsets.len(),
+                        "Read the committed offsets of {OFFSETS_TOPIC}"
+                    );
                     s.caught_up = true;
                 }
             }

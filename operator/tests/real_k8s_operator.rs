@@ -384,7 +384,8 @@ async fn real_k8s_status_reports_the_consumer_lag_the_broker_has() {
     // The runners' group commits all of partitions 1 and 2: partition 0 is
     // the lag left.
     let group = Pipeline::consumer_group(&ns.name, "p");
-    let (h0, h1, h2) = (high_watermark(&in_topic, 0), high_watermark(&in_topic, 1), high_watermark(&in_topic, 2));
+    let (h0, h1, h2) =
+        (high_watermark(&in_topic, 0), high_watermark(&in_topic, 1), high_watermark(&in_topic, 2));
     assert_eq!(h0 + h1 + h2, 30);
     commit(&group, &in_topic, &[(1, h1), (2, h2)]);
     lag(h0).await;

@@ -10,6 +10,7 @@
 
 pub mod children;
 pub mod dashboard;
+pub mod recheck;
 pub mod status;
 pub mod topics;
 
@@ -24,6 +25,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -237,6 +239,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     };
     let mut input_partitions = None;
     let mut problems = Vec::new();
+    let mut checked_topics = Vec::new();
     for (role, spec) in [
         (TopicRole::Input, &p.spec.input.topic),
         (TopicRole::Output, &p.spec.output),
@@ -259,6 +262,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                 if role == TopicRole::Input {
                     input_partitions = st.partitions;
                 }
+                checked_topics.push((role, spec.clone(), st.clone()));
                 problems.extend(plan.problems.iter().map(|pr| (pr.reason.to_string(), pr.message.clone())));
                 obs.topics.push(st);
             }
@@ -322,10 +326,25 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     let st = write_status(ctx, &api, p, &obs).await?;
     ctx.forget_failures(&key(p));
     let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    Ok(match ctx.settings.refresh_interval {
-        Some(i) if ready => Action::requeue(i),
-        _ => Action::await_change(),
-    })
+    if ready && ctx.settings.refresh_interval.is_some() {
+        ctx.record_recheck(
+            &key(p),
+            recheck::Recheck {
+                pipeline: ObjectRef::from_obj(p),
+                kafka: kafka.clone(),
+                topics: checked_topics,
+                group: Pipeline::consumer_group(&namespace, &name),
+                lag: st.consumer_lag,
+                checked: Instant::now(),
+                checks: 0,
+            },
+        );
+    } else {
+        ctx.forget_recheck(&key(p));
+    }
+    // Changes arrive through the watches; what they cannot see (Kafka) is
+    // re-checked by `recheck::run`.
+    Ok(Action::await_change())
 }
 
 /// Apply one child with server-side apply, as the operator's field manager.
