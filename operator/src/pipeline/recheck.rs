@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
-use tracing::{debug, info};
+use tracing::info;
 use vigil_crds::pipeline::{TopicRole, TopicStatus};
 use vigil_crds::{Pipeline, TopicSpec};
 
@@ -70,11 +70,9 @@ async fn differs(r: &Recheck, ctx: &Context, key: &str) -> Option<String> {
             ctx.set_lag(key, lag);
             (Some(lag) != r.lag).then(|| format!("consumer lag is now {lag}"))
         }
-        Err(e) => {
-            // The reconcile keeps the last value and replaces the client.
-            debug!(pipeline = %key, error = %e, "Could not measure consumer lag");
-            None
-        }
+        // The reconcile measures again, keeps the last value if it fails
+        // too, and replaces a client that keeps failing.
+        Err(e) => Some(format!("could not measure consumer lag: {e}")),
     }
 }
 
