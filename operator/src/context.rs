@@ -101,7 +101,10 @@ impl Context {
         let key = kafka_key(bootstrap, props);
         let mut clients = lock(&self.kafka);
         if clients.get(&key).is_some_and(|(_, made)| made.elapsed() >= Duration::from_secs(30)) {
-            clients.remove(&key);
+            let old = clients.remove(&key);
+            drop(clients);
+            // Closing librdkafka clients blocks; not on an async thread.
+            tokio::task::spawn_blocking(move || drop(old));
         }
     }
 

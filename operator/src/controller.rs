@@ -89,13 +89,12 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     // Re-checks of what no watch reports (Kafka) ask for reconciles here.
     let (recheck_tx, recheck_rx) = futures::channel::mpsc::unbounded();
-    let recheck_ctx = ctx.clone();
-    let rechecks = async move {
-        match recheck_ctx.settings.refresh_interval {
-            Some(i) => pipeline::recheck::run(recheck_ctx.clone(), i, recheck_tx).await,
-            None => std::future::pending().await,
-        }
-    };
+    // A task of its own: nothing it waits on may hold up the controller or
+    // the lease renewal.
+    let _rechecks = ctx
+        .settings
+        .refresh_interval
+        .map(|i| AbortOnDrop(tokio::spawn(pipeline::recheck::run(ctx.clone(), i, recheck_tx))));
     let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
         .reconcile_on(recheck_rx)
@@ -120,7 +119,6 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     };
     tokio::select! {
         () = controller => info!("Controller stopped"),
-        () = rechecks => {}
         why = lost => {
             metrics.leader.set(0);
             error!(reason = %why, "Lost leadership; stopping so a standby can take over");
@@ -132,6 +130,15 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// Aborts a task when dropped (when `run` returns, for any reason).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// JSON logs (what log collectors index); `VIGIL_LOG` or `RUST_LOG` filter.

@@ -45,7 +45,7 @@ pub struct Observed {
 
 /// An admin connection to one Kafka cluster.
 pub struct Kafka {
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
     config: ClientConfig,
     /// Committed offsets of the cluster's Vigil groups, for lag queries.
     offsets: Option<Arc<OffsetsReader>>,
@@ -58,12 +58,15 @@ pub struct Kafka {
 /// are seen at once; changes made out of band within this delay.
 pub const METADATA_TTL: Duration = Duration::from_secs(10);
 
+/// How long a failed metadata request is answered from memory.
+const FAILED_METADATA_TTL: Duration = Duration::from_secs(2);
+
 /// Per topic: (partitions, replication factor), or why its metadata is bad.
 type Shapes = HashMap<String, Result<(i32, i32), KafkaError>>;
 
 struct Metadata {
-    /// When the fetch that produced the shapes started.
-    fetched: Option<(Instant, Shapes)>,
+    /// When the last fetch started, and what it got.
+    fetched: Option<(Instant, Result<Shapes, KafkaError>)>,
     /// When this client last changed a topic.
     changed: Instant,
 }
@@ -85,7 +88,7 @@ impl Kafka {
             }
         };
         Ok(Kafka {
-            admin: c.create()?,
+            admin: Arc::new(c.create()?),
             config,
             offsets,
             metadata: Mutex::new(Metadata { fetched: None, changed: Instant::now() }),
@@ -127,16 +130,30 @@ impl Kafka {
         let _one_fetch_at_a_time = self.fetching.lock().await;
         {
             let m = lock(&self.metadata);
-            if let Some((at, shapes)) = &m.fetched {
-                if *at >= m.changed && at.elapsed() < METADATA_TTL {
-                    return shapes.get(name).cloned().transpose();
+            if let Some((at, fetched)) = &m.fetched {
+                if *at >= m.changed {
+                    match fetched {
+                        // A topic whose metadata had an error (a leader not
+                        // yet elected after creation) is asked again.
+                        Ok(shapes)
+                            if at.elapsed() < METADATA_TTL
+                                && !shapes.get(name).is_some_and(Result::is_err) =>
+                        {
+                            return shapes.get(name).cloned().transpose();
+                        }
+                        // While the cluster does not answer, reconciles do not
+                        // queue behind one timeout each.
+                        Err(e) if at.elapsed() < FAILED_METADATA_TTL => return Err(e.clone()),
+                        _ => {}
+                    }
                 }
             }
         }
         let started = Instant::now();
-        let client = self.admin.inner();
-        let shapes = tokio::task::block_in_place(|| -> Result<_, KafkaError> {
-            let md = client.fetch_metadata(None, TIMEOUT)?;
+        // Off the async threads: the request blocks for up to TIMEOUT.
+        let admin = self.admin.clone();
+        let fetched = tokio::task::spawn_blocking(move || -> Result<Shapes, KafkaError> {
+            let md = admin.inner().fetch_metadata(None, TIMEOUT)?;
             let mut shapes = HashMap::with_capacity(md.topics().len());
             for t in md.topics() {
                 let shape = match t.error().map(RDKafkaErrorCode::from) {
@@ -151,13 +168,20 @@ impl Kafka {
                 shapes.insert(t.name().to_string(), shape);
             }
             Ok(shapes)
-        })?;
-        let answer = shapes.get(name).cloned().transpose();
-        lock(&self.metadata).fetched = Some((started, shapes));
+        })
+        .await
+        .map_err(|e| KafkaError(format!("metadata request failed: {e}")))?;
+        let answer = match &fetched {
+            Ok(shapes) => shapes.get(name).cloned().transpose(),
+            Err(e) => Err(e.clone()),
+        };
+        lock(&self.metadata).fetched = Some((started, fetched));
         answer
     }
 
-    /// This client changed a topic: the next `describe` reads fresh metadata.
+    /// This client is changing a topic: the next `describe` reads fresh
+    /// metadata. Called before the request and again after it, so that a
+    /// fetch made while the request was in flight is not trusted either.
     fn changed(&self) {
         lock(&self.metadata).changed = Instant::now();
     }
@@ -176,6 +200,7 @@ impl Kafka {
                 Err((name, e)) => return Err(KafkaError(format!("creating topic {name}: {e}"))),
             }
         }
+        self.changed();
         Ok(())
     }
 
@@ -186,6 +211,7 @@ impl Kafka {
         for r in self.admin.create_partitions(&[np], &Self::options()).await? {
             r.map_err(|(n, e)| KafkaError(format!("growing topic {n} to {partitions} partitions: {e}")))?;
         }
+        self.changed();
         Ok(())
     }
 
@@ -199,6 +225,7 @@ impl Kafka {
         for r in self.admin.alter_configs(&[alter], &Self::options()).await? {
             r.map_err(|(_, e)| KafkaError(format!("configuring topic {name}: {e}")))?;
         }
+        self.changed();
         Ok(())
     }
 
@@ -211,6 +238,7 @@ impl Kafka {
                 Err((name, e)) => return Err(KafkaError(format!("deleting topic {name}: {e}"))),
             }
         }
+        self.changed();
         Ok(())
     }
 

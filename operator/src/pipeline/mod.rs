@@ -309,17 +309,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     obs.lag = ctx
         .cached_lag(&key(p), async {
             let group = Pipeline::consumer_group(&namespace, &name);
-            let lag = kafka
+            kafka
                 .lag(
                     &group,
                     &p.spec.input.topic.name,
                     input_partitions.unwrap_or(p.spec.input.topic.partitions),
                 )
-                .await;
-            if lag.is_err() {
-                ctx.kafka_failed(&bootstrap, &secret_props);
-            }
-            lag
+                .await
         })
         .await;
 
