@@ -67,8 +67,8 @@ type Shapes = HashMap<String, Result<(i32, i32), KafkaError>>;
 struct Metadata {
     /// When the last fetch started, and what it got.
     fetched: Option<(Instant, Result<Shapes, KafkaError>)>,
-    /// When this client last changed a topic.
-    changed: Instant,
+    /// Topics this client changed since the last fetch began, and when.
+    changed: HashMap<String, Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,7 +91,7 @@ impl Kafka {
             admin: Arc::new(c.create()?),
             config,
             offsets,
-            metadata: Mutex::new(Metadata { fetched: None, changed: Instant::now() }),
+            metadata: Mutex::new(Metadata { fetched: None, changed: HashMap::new() }),
             fetching: tokio::sync::Mutex::new(()),
         })
     }
@@ -121,7 +121,7 @@ impl Kafka {
 
     /// (partitions, replication factor) of a topic, from the cluster's
     /// metadata as of at most `METADATA_TTL` ago and after this client's
-    /// last change to any topic. Asking for one topic by name would make
+    /// last change to that topic. Asking for one topic by name would make
     /// librdkafka keep a topic object for it for the client's lifetime, and
     /// a client holding thousands of those spends its idle time scanning
     /// them; the whole cluster's metadata, shared by the reconciles, leaves
@@ -131,21 +131,21 @@ impl Kafka {
         {
             let m = lock(&self.metadata);
             if let Some((at, fetched)) = &m.fetched {
-                if *at >= m.changed {
-                    match fetched {
-                        // A topic whose metadata had an error (a leader not
-                        // yet elected after creation) is asked again.
-                        Ok(shapes)
-                            if at.elapsed() < METADATA_TTL
-                                && !shapes.get(name).is_some_and(Result::is_err) =>
-                        {
-                            return shapes.get(name).cloned().transpose();
-                        }
-                        // While the cluster does not answer, reconciles do not
-                        // queue behind one timeout each.
-                        Err(e) if at.elapsed() < FAILED_METADATA_TTL => return Err(e.clone()),
-                        _ => {}
+                let current = m.changed.get(name).is_none_or(|c| at >= c);
+                match fetched {
+                    // A topic whose metadata had an error (a leader not yet
+                    // elected after creation) is asked again.
+                    Ok(shapes)
+                        if current
+                            && at.elapsed() < METADATA_TTL
+                            && !shapes.get(name).is_some_and(Result::is_err) =>
+                    {
+                        return shapes.get(name).cloned().transpose();
                     }
+                    // While the cluster does not answer, reconciles do not
+                    // queue behind one timeout each.
+                    Err(e) if at.elapsed() < FAILED_METADATA_TTL => return Err(e.clone()),
+                    _ => {}
                 }
             }
         }
@@ -175,20 +175,30 @@ impl Kafka {
             Ok(shapes) => shapes.get(name).cloned().transpose(),
             Err(e) => Err(e.clone()),
         };
-        lock(&self.metadata).fetched = Some((started, fetched));
+        let mut m = lock(&self.metadata);
+        if fetched.is_ok() {
+            // Changes made before this fetch began are in it.
+            m.changed.retain(|_, c| *c > started);
+        }
+        m.fetched = Some((started, fetched));
         answer
     }
 
-    /// This client is changing a topic: the next `describe` reads fresh
-    /// metadata. Called before the request and again after it, so that a
-    /// fetch made while the request was in flight is not trusted either.
-    fn changed(&self) {
-        lock(&self.metadata).changed = Instant::now();
+    /// This client is changing the partitions of these topics (creating,
+    /// growing, deleting them): their next `describe` reads fresh metadata.
+    /// Called before the request and again after it, so that a fetch made
+    /// while the request was in flight is not trusted either.
+    fn changed(&self, names: &[&str]) {
+        let now = Instant::now();
+        let mut m = lock(&self.metadata);
+        for n in names {
+            m.changed.insert(n.to_string(), now);
+        }
     }
 
     /// Create a topic as specified.
     pub async fn create(&self, spec: &TopicSpec) -> Result<(), KafkaError> {
-        self.changed();
+        self.changed(&[&spec.name]);
         let mut t =
             NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
         for (k, v) in &spec.config {
@@ -200,24 +210,23 @@ impl Kafka {
                 Err((name, e)) => return Err(KafkaError(format!("creating topic {name}: {e}"))),
             }
         }
-        self.changed();
+        self.changed(&[&spec.name]);
         Ok(())
     }
 
     /// Grow a topic to `partitions`.
     pub async fn grow(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
-        self.changed();
+        self.changed(&[name]);
         let np = NewPartitions::new(name, partitions.max(1) as usize);
         for r in self.admin.create_partitions(&[np], &Self::options()).await? {
             r.map_err(|(n, e)| KafkaError(format!("growing topic {n} to {partitions} partitions: {e}")))?;
         }
-        self.changed();
+        self.changed(&[name]);
         Ok(())
     }
 
     /// Set a topic's whole dynamic configuration to `config`.
     pub async fn set_config(&self, name: &str, config: &BTreeMap<String, String>) -> Result<(), KafkaError> {
-        self.changed();
         let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
         for (k, v) in config {
             alter = alter.set(k, v);
@@ -225,20 +234,19 @@ impl Kafka {
         for r in self.admin.alter_configs(&[alter], &Self::options()).await? {
             r.map_err(|(_, e)| KafkaError(format!("configuring topic {name}: {e}")))?;
         }
-        self.changed();
         Ok(())
     }
 
     /// Delete topics; missing ones are fine.
     pub async fn delete(&self, names: &[&str]) -> Result<(), KafkaError> {
-        self.changed();
+        self.changed(names);
         for r in self.admin.delete_topics(names, &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((name, e)) => return Err(KafkaError(format!("deleting topic {name}: {e}"))),
             }
         }
-        self.changed();
+        self.changed(names);
         Ok(())
     }
 
