@@ -12,6 +12,7 @@ use kube::runtime::events::Recorder;
 use rdkafka::ClientConfig;
 
 use crate::kafka::{Kafka, KafkaError};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::pipeline::children;
 use crate::pipeline::recheck::Recheck;
@@ -42,17 +43,14 @@ pub struct Context {
     cleanups: Mutex<HashMap<String, (u32, Instant)>>,
     lags: Mutex<HashMap<String, (Instant, i64)>>,
     rechecks: Mutex<HashMap<String, Recheck>>,
-    /// Lag queries open a Kafka client each; a few at a time is plenty.
+    /// Lag queries may open a Kafka client each (until the offsets reader
+    /// has caught up); a few at a time is plenty.
     lag_permits: tokio::sync::Semaphore,
 }
 
 /// Which cached admin client serves a cluster and credentials.
 fn kafka_key(bootstrap: &str, props: &BTreeMap<String, String>) -> String {
     format!("{bootstrap}|{props:?}")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Context {

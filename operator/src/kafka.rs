@@ -16,6 +16,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use vigil_crds::{Pipeline, TopicSpec};
 
+use crate::lock;
 use crate::offsets::{self, OffsetsReader};
 
 /// How long one Kafka request may take.
@@ -69,10 +70,6 @@ struct Metadata {
     fetched: Option<(Instant, Result<Shapes, KafkaError>)>,
     /// Topics this client changed since the last fetch began, and when.
     changed: HashMap<String, Instant>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Kafka {

@@ -23,6 +23,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaError, TIMEOUT};
+use crate::lock;
 
 /// Kafka's internal topic of committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -125,10 +126,6 @@ pub struct OffsetsReader {
     stop: Arc<AtomicBool>,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl OffsetsReader {
     /// Start reading `__consumer_offsets` from the beginning, keeping the
     /// offsets of groups whose name starts with `group_prefix`.
@@ -174,9 +171,13 @@ impl OffsetsReader {
         if !s.caught_up || s.failed.is_some() {
             return None;
         }
+        let mut key = (group.to_string(), topic.to_string(), 0);
         Some(
             (0..partitions)
-                .map(|p| s.offsets.get(&(group.to_string(), topic.to_string(), p)).copied())
+                .map(|p| {
+                    key.2 = p;
+                    s.offsets.get(&key).copied()
+                })
                 .collect(),
         )
     }
