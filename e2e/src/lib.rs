@@ -63,7 +63,10 @@ fn bring_up(what: &str) -> Result<()> {
     std::fs::create_dir_all(&state)?;
     let lock = state.join("up.lock");
     let up = repo_dir().join("e2e/up");
+    // --close: the services `up` starts must not inherit the lock, or it is
+    // held for as long as they run and the next `up` waits forever.
     let out = Command::new("flock")
+        .arg("--close")
         .arg(&lock)
         .arg(&up)
         .arg(what)
