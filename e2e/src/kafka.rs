@@ -137,3 +137,22 @@ pub fn drain(topic: &str, want: usize, timeout: Duration, read_committed: bool) 
     }
     Ok(out)
 }
+
+/// The offsets `group` committed on partitions `0..partitions` of `topic`
+/// (`None` where it committed nothing). Does not join the group.
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>> {
+    let consumer: BaseConsumer = config().set("group.id", group).create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect())
+}

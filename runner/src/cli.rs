@@ -99,6 +99,16 @@ pub enum Command {
         /// Most records in one exactly-once transaction.
         #[arg(long, default_value_t = 5000)]
         batch: usize,
+        /// Seconds to wait before consuming again after a failure stopped
+        /// the runner (an unwritable output or dead-letter topic); doubles
+        /// on each failure, up to a minute.
+        #[arg(long, env = "VIGIL_STALL_BACKOFF", default_value_t = 5)]
+        stall_backoff: u64,
+        /// Where the error that ends the runner is written, for the pod's
+        /// status (Kubernetes' terminationMessagePath); written only if the
+        /// file exists.
+        #[arg(long, env = "VIGIL_TERMINATION_LOG", default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
     },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
@@ -125,9 +135,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             instance,
             batch,
+            stall_backoff,
+            termination_log,
         } => {
             crate::logging::init(true);
-            crate::run::run(crate::run::Options {
+            let result = crate::run::run(crate::run::Options {
                 pipeline_file: pipeline,
                 bootstrap: bootstrap_servers,
                 secret_dir: kafka_secret_dir,
@@ -136,7 +148,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 instance,
                 batch: batch.max(1),
-            })?;
+                stall_backoff: std::time::Duration::from_secs(stall_backoff),
+            });
+            if let Err(e) = &result {
+                tracing::error!(error = format!("{e:#}"), "Runner failed");
+                // The kubelet mounts this file; its content becomes the
+                // container's lastState.terminated.message, which the
+                // operator reports on the Pipeline.
+                if termination_log.is_file() {
+                    let _ = std::fs::write(&termination_log, format!("{e:#}"));
+                }
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { corpus, pipeline } => {

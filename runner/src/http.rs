@@ -1,6 +1,8 @@
 //! The runner's HTTP server: `/metrics` (Prometheus), `/healthz` (the
 //! processing loop is turning), `/readyz` (joined the consumer group and not
-//! shutting down). Runs on its own thread so a busy processing loop never
+//! shutting down or stalled; a failing answer says why), `/status` (JSON:
+//! state, message, the last error and the record it was on; what the
+//! operator reads). Runs on its own thread so a busy processing loop never
 //! delays a probe.
 
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ pub struct Health {
     pub live: Arc<dyn Fn() -> bool + Send + Sync>,
     /// `/readyz` answers 200 while this returns true.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The `/status` document (`run::status::RunnerStatus`).
+    pub status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 /// The running server; dropping it stops it.
@@ -52,6 +56,7 @@ pub fn router(health: Health) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .with_state(health)
 }
 
@@ -71,7 +76,16 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if (h.ready)() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+    if (h.ready)() {
+        return (StatusCode::OK, "ready\n".to_string());
+    }
+    let status = (h.status)();
+    let why = status["message"].as_str().unwrap_or("starting");
+    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+}
+
+async fn status(State(h): State<Health>) -> impl IntoResponse {
+    axum::Json((h.status)())
 }
 
 /// Bind `addr` and serve on a thread of its own.

@@ -25,6 +25,9 @@ pub const NAMES: &[&str] = &[
     "vigil_rebalances_total",
     "vigil_detector_keys",
     "vigil_in_flight",
+    "vigil_runner_stalled",
+    "vigil_runner_stalls_total",
+    "vigil_dead_letters_truncated_total",
 ];
 
 /// Label of the dead-letter counter.
@@ -74,6 +77,12 @@ pub struct Metrics {
     pub detector_keys: Gauge,
     /// Records consumed whose outputs are not yet acknowledged.
     pub in_flight: Gauge,
+    /// 1 while a failure keeps the runner from consuming.
+    pub stalled: Gauge,
+    /// Times a failure stopped consumption.
+    pub stalls: Counter,
+    /// Dead letters cut to fit the dead-letter topic.
+    pub dead_letters_truncated: Counter,
 }
 
 impl Metrics {
@@ -96,6 +105,9 @@ impl Metrics {
             rebalances: Family::default(),
             detector_keys: Gauge::default(),
             in_flight: Gauge::default(),
+            stalled: Gauge::default(),
+            stalls: Counter::default(),
+            dead_letters_truncated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("vigil_records_in", "Records consumed from the input", m.records_in.clone());
@@ -128,6 +140,21 @@ impl Metrics {
             "vigil_in_flight",
             "Records whose outputs are not yet acknowledged",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "vigil_runner_stalled",
+            "1 while a failure (an unwritable output or dead-letter topic) keeps the runner from consuming",
+            m.stalled.clone(),
+        );
+        registry.register(
+            "vigil_runner_stalls",
+            "Times a failure stopped consumption (consumed again from the committed offsets after a wait)",
+            m.stalls.clone(),
+        );
+        registry.register(
+            "vigil_dead_letters_truncated",
+            "Dead letters cut to fit the dead-letter topic's record limit",
+            m.dead_letters_truncated.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -24,13 +24,15 @@
 //! work forgotten; a producer left like that makes the runner exit, to be
 //! restarted, without committing anything more; see `OrphanWatch`.
 
+pub mod dead_letter;
 pub mod kafka_config;
 pub mod offsets;
+pub mod status;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,8 @@ use anyhow::{Context, Result, bail};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -48,8 +50,10 @@ use vigil_crds::{Delivery, Pipeline};
 use crate::codec::Meta;
 use crate::engine::{Engine, Event};
 use crate::metrics::{KindLabel, Metrics, PartitionLabel, StageLabel};
+use dead_letter::{Letter, RECORD_OVERHEAD, STUB_LIMIT};
 use kafka_config::KafkaSettings;
 use offsets::{Token, Tracker};
+use status::{Halt, RecordRef, RunnerStatus};
 
 /// How `vigil run` was started.
 #[derive(Debug, Clone)]
@@ -70,6 +74,9 @@ pub struct Options {
     pub instance: String,
     /// Most records per exactly-once transaction.
     pub batch: usize,
+    /// First wait before consuming again after a failure stopped the
+    /// runner (doubling up to a minute).
+    pub stall_backoff: Duration,
 }
 
 /// State shared between the processing loop, the rebalance callback and the
@@ -90,8 +97,14 @@ struct Shared {
     mode: Delivery,
     input: String,
     dead_letter: String,
-    /// The producer's `message.max.bytes`.
-    max_output: i64,
+    /// The largest record the output topic takes: the producer's
+    /// `message.max.bytes`, lowered to the topic's `max.message.bytes` when
+    /// the broker tells it, and after the broker refused a record as too large.
+    output_limit: AtomicUsize,
+    /// The same for the dead-letter topic.
+    dead_letter_limit: AtomicUsize,
+    /// What `/status` reports.
+    status: Mutex<RunnerStatus>,
 }
 
 /// What the rebalance callback must be able to finish.
@@ -102,11 +115,12 @@ struct LoopState {
     /// Exactly-once: next offset per partition consumed in the open transaction.
     txn_offsets: HashMap<i32, i64>,
     txn_open: bool,
-    /// Set when a failure means the runner must stop without committing.
-    fatal: Option<String>,
+    /// Set when a failure means the runner must stop consuming without
+    /// committing anything more.
+    halt: Option<Halt>,
 }
 
-fn lock(m: &Mutex<LoopState>) -> MutexGuard<'_, LoopState> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock ends the process anyway; keep going
     // with the data rather than panic twice.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,9 +140,11 @@ struct Report {
 
 struct Failure {
     error: String,
+    code: Option<RDKafkaErrorCode>,
     topic: String,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
 }
 
 impl ClientContext for ProducerCtx {
@@ -171,9 +187,11 @@ impl ProducerContext for ProducerCtx {
             Ok(_) => None,
             Err((e, msg)) => Some(Failure {
                 error: e.to_string(),
+                code: e.rdkafka_error_code(),
                 topic: msg.topic().to_string(),
                 key: msg.key().map(<[u8]>::to_vec),
                 payload: msg.payload().unwrap_or_default().to_vec(),
+                headers: msg.headers().map(|h| h.detach()),
             }),
         };
         self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(Report { token, failure });
@@ -250,7 +268,10 @@ impl ConsumerContext for ConsumerCtx {
                     );
                     if st.txn_open {
                         // Keep no outputs whose offsets are about to be dropped.
-                        st.fatal.get_or_insert(format!("transaction failed at revocation: {e:#}"));
+                        st.halt.get_or_insert(Halt::new(
+                            format!("transaction failed at revocation: {e:#}"),
+                            None,
+                        ));
                         self.shared.abort_open_transaction(&mut st);
                     }
                 }
@@ -266,6 +287,7 @@ impl ConsumerContext for ConsumerCtx {
                 info!(partitions = ?partitions, "Partitions assigned");
                 self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "assign".into() }).inc();
                 self.shared.ready.store(true, Ordering::Relaxed);
+                lock(&self.shared.status).running();
             }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance failed"),
         }
@@ -274,11 +296,11 @@ impl ConsumerContext for ConsumerCtx {
 
 impl Shared {
     /// Abort the open transaction, if any: none of its outputs may commit.
-    /// A failed abort is fatal.
+    /// A failed abort halts the loop.
     fn abort_open_transaction(&self, st: &mut LoopState) {
         if st.txn_open {
             if let Err(e) = self.producer.abort_transaction(Duration::from_secs(10)) {
-                st.fatal.get_or_insert(format!("could not abort the transaction: {e}"));
+                st.halt.get_or_insert(Halt::new(format!("could not abort the transaction: {e}"), None));
             }
             st.txn_open = false;
         }
@@ -338,34 +360,135 @@ impl Shared {
         Ok(())
     }
 
-    /// Apply delivery reports to the tracker. A failed output is re-sent to
-    /// the dead-letter topic; a failed dead letter is fatal.
+    /// Apply delivery reports to the tracker. An output the broker refused
+    /// for what it is (too large, invalid) is dead-lettered instead; a dead
+    /// letter refused as too large is sent again cut to a stub. Any other
+    /// failure (the topic cannot be written at all), and any failure inside
+    /// a transaction, halts the loop: nothing more is committed.
     fn drain_reports(&self, st: &mut LoopState) {
         let reports =
             std::mem::take(&mut *self.producer.context().reports.lock().unwrap_or_else(|p| p.into_inner()));
         for r in reports {
             if let Some(f) = r.failure {
-                if f.topic == self.dead_letter.as_str() || self.mode == Delivery::ExactlyOnce {
-                    st.fatal.get_or_insert(format!("producing to {} failed: {}", f.topic, f.error));
+                // A record no longer tracked was forgotten (revoked, or after
+                // a halt; purged outputs report here): someone reprocesses it.
+                let Some((partition, offset)) = st.tracker.source(r.token) else { continue };
+                let record = Some(RecordRef { topic: self.input.clone(), partition, offset });
+                if let Some(halt) = self.redeliver(st, r.token, &f, record) {
+                    st.halt.get_or_insert(halt);
                     continue;
-                }
-                warn!(topic = %f.topic, error = %f.error, "An output could not be produced; sending it to the dead-letter topic");
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "vigil.stage", value: Some("produce") })
-                    .insert(Header { key: "vigil.reason", value: Some(f.error.as_str()) });
-                st.tracker.add_output(r.token);
-                self.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
-                let mut rec = BaseRecord::with_opaque_to(self.dead_letter.as_str(), r.token)
-                    .payload(f.payload.as_slice())
-                    .headers(headers);
-                if let Some(k) = &f.key {
-                    rec = rec.key(k.as_slice());
-                }
-                if let Err(e) = send(&self.producer, rec) {
-                    st.fatal.get_or_insert(format!("could not enqueue a dead letter: {e}"));
                 }
             }
             st.tracker.ack(r.token);
+        }
+    }
+
+    /// Handle one failed delivery: dead-letter it (`None`, the token has a
+    /// new output in flight) or say why the loop must halt.
+    fn redeliver(
+        &self,
+        st: &mut LoopState,
+        token: Token,
+        f: &Failure,
+        record: Option<RecordRef>,
+    ) -> Option<Halt> {
+        let size_error = f.code.is_some_and(dead_letter::is_size_error);
+        let to_dead_letter = f.topic == self.dead_letter;
+        let wire = f.payload.len() + f.key.as_ref().map_or(0, Vec::len) + headers_size(f.headers.as_ref());
+        if size_error {
+            // The topic takes less than the runner thought: remember it.
+            let limit = if to_dead_letter { &self.dead_letter_limit } else { &self.output_limit };
+            let lowered = (wire / 2).max(STUB_LIMIT);
+            if limit.fetch_min(lowered, Ordering::Relaxed) > lowered {
+                warn!(topic = %f.topic, limit = lowered, "The broker refused a record as too large; lowering the record limit for the topic");
+            }
+        }
+        if self.mode == Delivery::ExactlyOnce {
+            // The transaction cannot commit; its records are processed again
+            // from the committed offsets, with the lowered limit if that was
+            // the cause.
+            let mut halt = Halt::new(format!("producing to {} failed: {}", f.topic, f.error), record);
+            halt.retry_now = size_error;
+            return Some(halt);
+        }
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            f.headers.as_ref().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+        let letter = if to_dead_letter {
+            let already_stub =
+                f.payload.len() <= STUB_LIMIT && headers.iter().any(|(k, _)| *k == dead_letter::TRUNCATED);
+            if !size_error || already_stub {
+                return Some(Halt::new(
+                    format!("the dead-letter topic {} cannot take records: {}", f.topic, f.error),
+                    record,
+                ));
+            }
+            // Keep the `vigil.*` context; what was cut before stays cut.
+            let (own, input): (Vec<_>, Vec<_>) = headers.iter().partition(|(k, _)| k.starts_with("vigil."));
+            let original = own
+                .iter()
+                .find(|(k, _)| *k == dead_letter::ORIGINAL_SIZE)
+                .and_then(|(_, v)| v.map(|v| String::from_utf8_lossy(v).into_owned()));
+            let vigil: Vec<(String, String)> = own
+                .iter()
+                .filter(|(k, _)| !matches!(*k, dead_letter::TRUNCATED | dead_letter::ORIGINAL_SIZE))
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.unwrap_or_default()).into_owned()))
+                .collect();
+            let mut letter = dead_letter::fit(STUB_LIMIT, &f.payload, f.key.as_deref(), &input, vigil);
+            if let (Some(size), Some(h)) =
+                (original, letter.headers.iter_mut().find(|(k, _)| k == dead_letter::ORIGINAL_SIZE))
+            {
+                h.1 = size;
+            }
+            letter
+        } else {
+            if !f.code.is_some_and(dead_letter::is_record_error) {
+                return Some(Halt::new(
+                    format!("the output topic {} cannot take records: {}", f.topic, f.error),
+                    record,
+                ));
+            }
+            warn!(topic = %f.topic, error = %f.error, record = ?record, "The broker refused a scored record; sending its input to the dead-letter topic");
+            let source = record.as_ref().map(|r| (r.partition.to_string(), r.offset.to_string()));
+            let mut vigil = vec![
+                ("vigil.stage".to_string(), "produce".to_string()),
+                (
+                    "vigil.reason".to_string(),
+                    dead_letter::reason(&format!("the output topic refused the scored record: {}", f.error)),
+                ),
+                ("vigil.source.topic".to_string(), self.input.clone()),
+            ];
+            if let Some((p, o)) = source {
+                vigil.push(("vigil.source.partition".into(), p));
+                vigil.push(("vigil.source.offset".into(), o));
+            }
+            dead_letter::fit(
+                self.dead_letter_limit.load(Ordering::Relaxed),
+                &f.payload,
+                f.key.as_deref(),
+                &headers,
+                vigil,
+            )
+        };
+        self.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
+        if letter.truncated() {
+            self.metrics.dead_letters_truncated.inc();
+        }
+        let input_headers = if letter.keep_input_headers {
+            f.headers.as_ref().map(|h| {
+                h.iter()
+                    .filter(|h| !h.key.starts_with("vigil."))
+                    .fold(OwnedHeaders::new(), |acc, h| acc.insert(h))
+            })
+        } else {
+            None
+        };
+        let rec = letter_record(self.dead_letter.as_str(), token, &letter, input_headers, None);
+        match send(&self.producer, rec) {
+            Ok(()) => {
+                st.tracker.add_output(token);
+                None
+            }
+            Err(e) => Some(Halt::new(format!("could not enqueue a dead letter: {e}"), record)),
         }
     }
 
@@ -409,6 +532,7 @@ pub fn run(opts: Options) -> Result<()> {
     let group = opts.group.clone().unwrap_or_else(|| Pipeline::consumer_group(&namespace, &name));
     let mut engine = Engine::new(spec, None, None).map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
     let metrics = Arc::new(Metrics::new(&namespace, &name));
+    let limits = record_limits(&settings, spec);
 
     let mut pc = settings.client_config();
     pc.set("acks", "all")
@@ -418,6 +542,8 @@ pub fn run(opts: Options) -> Result<()> {
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "65536")
         .set("message.max.bytes", spec.max_output_bytes().to_string())
+        // A batch larger than a topic's max.message.bytes is refused whole.
+        .set("batch.size", limits.output.min(limits.dead_letter).min(1_000_000).to_string())
         .set("compression.type", "lz4")
         .set("statistics.interval.ms", "5000");
     if spec.delivery == Delivery::ExactlyOnce {
@@ -440,13 +566,15 @@ pub fn run(opts: Options) -> Result<()> {
             stored: HashMap::new(),
             txn_offsets: HashMap::new(),
             txn_open: false,
-            fatal: None,
+            halt: None,
         }),
         producer: producer.clone(),
         mode: spec.delivery,
         input: spec.input.topic.name.clone(),
         dead_letter: spec.dead_letter.name.clone(),
-        max_output: spec.max_output_bytes(),
+        output_limit: AtomicUsize::new(limits.output),
+        dead_letter_limit: AtomicUsize::new(limits.dead_letter),
+        status: Mutex::new(RunnerStatus::default()),
     });
 
     let mut cc = settings.client_config();
@@ -480,6 +608,8 @@ pub fn run(opts: Options) -> Result<()> {
 
     // Every log line of the loop carries the pipeline's namespace and name.
     let span = tracing::info_span!("pipeline", namespace = %namespace, pipeline = %name);
+    let mut backoff = opts.stall_backoff;
+    let mut last_halt: Option<Instant> = None;
     let result = loop {
         match span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch)) {
             Ok(LoopExit::Orphaned) => {
@@ -504,10 +634,64 @@ pub fn run(opts: Options) -> Result<()> {
                     Err(e) => break Err(e),
                 }
             }
+            Ok(LoopExit::Halted(halt)) => {
+                let _span = span.enter();
+                if let Some((code, message)) = producer.client().fatal_error() {
+                    // Nothing this producer holds can be delivered any more.
+                    break Err(anyhow::anyhow!(
+                        "the Kafka producer failed for good ({code}: {message}) after: {halt}"
+                    ));
+                }
+                if last_halt.is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(600)) {
+                    backoff = opts.stall_backoff;
+                }
+                last_halt = Some(Instant::now());
+                let wait = if halt.retry_now { Duration::ZERO } else { backoff };
+                if !halt.retry_now {
+                    backoff = (backoff * 2).min(MAX_STALL_BACKOFF);
+                }
+                error!(
+                    error = %halt.reason,
+                    topic = halt.record.as_ref().map(|r| r.topic.as_str()),
+                    partition = halt.record.as_ref().map(|r| r.partition),
+                    offset = halt.record.as_ref().map(|r| r.offset),
+                    retry_in_s = wait.as_secs(),
+                    "Stopped consuming without committing past the failure; will consume again from the committed offsets"
+                );
+                lock(&shared.status).stalled(&halt, wait.as_secs());
+                shared.metrics.stalled.set(1);
+                shared.metrics.stalls.inc();
+                shared.ready.store(false, Ordering::Relaxed);
+                consumer.context().retired.store(true, Ordering::Relaxed);
+                forget_everything(&shared);
+                if shared.mode == Delivery::AtLeastOnce {
+                    // Outputs still queued belong to forgotten work; they are
+                    // produced again after the retry.
+                    producer.purge(PurgeConfig::default().queue());
+                    producer.poll(Duration::ZERO);
+                }
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
+                    shared.heartbeat.store(now_secs(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(200).min(until - Instant::now()));
+                }
+                if shared.stop.load(Ordering::Relaxed) {
+                    break Ok(());
+                }
+                shared.metrics.stalled.set(0);
+                lock(&shared.status).rejoining();
+                match new_consumer() {
+                    Ok(fresh) => {
+                        close_in_background(std::mem::replace(&mut consumer, fresh));
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
             Ok(LoopExit::Stopped) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
+    lock(&shared.status).stopping();
     shared.ready.store(false, Ordering::Relaxed);
     if result.is_err() {
         shared.abandoned.store(true, Ordering::Relaxed);
@@ -555,10 +739,12 @@ fn close_in_background(consumer: BaseConsumer<ConsumerCtx>) -> std::sync::mpsc::
 fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
     let s = shared.clone();
     let r = shared.clone();
+    let t = shared.clone();
     crate::http::Health {
         metrics: shared.metrics.clone(),
         live: Arc::new(move || now_secs().saturating_sub(s.heartbeat.load(Ordering::Relaxed)) < 60),
         ready: Arc::new(move || r.ready.load(Ordering::Relaxed) && !r.stop.load(Ordering::Relaxed)),
+        status: Arc::new(move || serde_json::to_value(&*lock(&t.status)).unwrap_or_default()),
     }
 }
 
@@ -594,6 +780,75 @@ fn install_signal_handlers(shared: &Arc<Shared>) -> Result<()> {
 /// reports and offset storing.
 const MAX_BATCH: usize = 512;
 
+/// The longest wait between a halt and consuming again.
+const MAX_STALL_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The largest records the output and dead-letter topics take.
+struct RecordLimits {
+    output: usize,
+    dead_letter: usize,
+}
+
+/// The producer's `message.max.bytes`, lowered to the output and dead-letter
+/// topics' `max.message.bytes` as the broker reports them. A topic can take
+/// less than the runner would produce (an adopted topic, a spec that sets
+/// the config, a broker default): dead letters are then cut to fit. If the
+/// broker cannot be asked (no DescribeConfigs ACL), the producer's limit is
+/// assumed and a refusal lowers it later.
+fn record_limits(settings: &KafkaSettings, spec: &vigil_crds::PipelineSpec) -> RecordLimits {
+    let producer_limit = usize::try_from(spec.max_output_bytes()).unwrap_or(usize::MAX);
+    let mut limits = RecordLimits { output: producer_limit, dead_letter: producer_limit };
+    let topics = [spec.output.name.as_str(), spec.dead_letter.name.as_str()];
+    match topic_max_message_bytes(settings, &topics) {
+        Ok(found) => {
+            for (topic, bytes) in found {
+                if topic == spec.output.name {
+                    limits.output = limits.output.min(bytes);
+                }
+                if topic == spec.dead_letter.name {
+                    limits.dead_letter = limits.dead_letter.min(bytes);
+                }
+            }
+            info!(
+                output = limits.output,
+                dead_letter = limits.dead_letter,
+                "Record limits of the output and dead-letter topics"
+            );
+        }
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            assumed = producer_limit,
+            "Could not read max.message.bytes of the output and dead-letter topics; records the broker refuses as too large lower the limit"
+        ),
+    }
+    limits
+}
+
+/// `max.message.bytes` of each topic the broker describes.
+fn topic_max_message_bytes(settings: &KafkaSettings, topics: &[&str]) -> Result<Vec<(String, usize)>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, OwnedResourceSpecifier, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client_config().create().context("creating a Kafka admin client")?;
+    let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin.describe_configs(&specs, &opts))
+        .context("describing the topics' configs")?;
+    let mut out = Vec::new();
+    for r in results {
+        // A topic that cannot be described (missing, no ACL) keeps the
+        // producer's limit; producing to it will say what is wrong.
+        let Ok(resource) = r else { continue };
+        let OwnedResourceSpecifier::Topic(topic) = &resource.specifier else { continue };
+        if let Some(bytes) =
+            resource.get("max.message.bytes").and_then(|e| e.value.as_deref()).and_then(|v| v.parse().ok())
+        {
+            out.push((topic.clone(), bytes));
+        }
+    }
+    Ok(out)
+}
+
 /// How long the consumer may have no broker before it is replaced (the
 /// statistics that tell arrive every 5 s).
 const ORPHAN_LIMIT: Duration = Duration::from_secs(10);
@@ -604,6 +859,9 @@ enum LoopExit {
     Stopped,
     /// The consumer lost every broker and must be replaced.
     Orphaned,
+    /// A failure stopped consumption: nothing more may be committed; the
+    /// runner consumes again from the committed offsets after a wait.
+    Halted(Halt),
 }
 
 /// Drop all in-flight work: the partitions are re-read from their committed
@@ -655,8 +913,8 @@ fn process_loop(
             wait = Duration::ZERO;
             let Some(msg) = msg else { break };
             let mut st = lock(&shared.state);
-            if let Some(f) = st.fatal.take() {
-                bail!(f);
+            if let Some(h) = st.halt.take() {
+                return Ok(LoopExit::Halted(h));
             }
             match msg {
                 Err(e) => {
@@ -665,13 +923,20 @@ fn process_loop(
                 }
                 Ok(m) => {
                     if shared.mode == Delivery::ExactlyOnce && !st.txn_open {
-                        producer.begin_transaction().context("beginning a transaction")?;
+                        if let Err(e) = producer.begin_transaction() {
+                            return Ok(LoopExit::Halted(Halt::new(
+                                format!("could not begin a transaction: {e}"),
+                                None,
+                            )));
+                        }
                         st.txn_open = true;
                         batch_started = Instant::now();
                         in_batch = 0;
                     }
                     let now = *batch_clock.get_or_insert_with(Instant::now);
-                    process_message(shared, now, &mut st, engine, &m, output)?;
+                    if let Err(h) = process_message(shared, now, &mut st, engine, &m, output) {
+                        return Ok(LoopExit::Halted(h));
+                    }
                     in_batch += 1;
                     if shared.mode == Delivery::ExactlyOnce {
                         st.txn_offsets.insert(m.partition(), m.offset() + 1);
@@ -683,8 +948,8 @@ fn process_loop(
             }
         }
         let mut st = lock(&shared.state);
-        if let Some(f) = st.fatal.take() {
-            bail!(f);
+        if let Some(h) = st.halt.take() {
+            return Ok(LoopExit::Halted(h));
         }
         producer.poll(Duration::ZERO);
         match shared.mode {
@@ -699,10 +964,14 @@ fn process_loop(
                 if st.txn_open && (in_batch >= batch || batch_started.elapsed() >= Duration::from_millis(100))
                 {
                     if let Err(e) = shared.commit_transaction(consumer, &mut st, Duration::from_secs(60)) {
-                        // The transaction's outputs are discarded by the broker;
-                        // a restart resumes from the last committed offsets.
-                        let _ = producer.abort_transaction(Duration::from_secs(30));
-                        return Err(e);
+                        // The transaction's outputs are discarded by the
+                        // broker; consuming resumes from the last committed
+                        // offsets. A refused record says why (and lowers
+                        // the limit that made it too large).
+                        shared.drain_reports(&mut st);
+                        shared.abort_open_transaction(&mut st);
+                        let halt = st.halt.take().unwrap_or_else(|| Halt::new(format!("{e:#}"), None));
+                        return Ok(LoopExit::Halted(halt));
                     }
                 }
             }
@@ -727,15 +996,14 @@ fn process_message(
     engine: &mut Engine,
     m: &BorrowedMessage<'_>,
     output: &str,
-) -> Result<()> {
-    let dead_letter_topic = shared.dead_letter.as_str();
-    let spec_limit = shared.max_output;
+) -> Result<(), Halt> {
     let token = st.tracker.begin_at(m.partition(), m.offset(), now);
     let payload = m.payload().unwrap_or_default();
     let ts = m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let meta = Meta { key: m.key(), ts_ms: ts };
-    let mut failure: Option<anyhow::Error> = None;
+    let mut failure: Option<String> = None;
     let producer = &shared.producer;
+    let context = m.key().map_or(0, <[u8]>::len) + headers_size(m.headers()) + RECORD_OVERHEAD;
     engine.process(payload, meta, &mut |ev| {
         if failure.is_some() {
             return;
@@ -747,47 +1015,129 @@ fn process_message(
                     info!(key = %o.key, score = o.score.unwrap_or(0.0), partition = m.partition(), offset = m.offset(),
                         "{ANOMALY_LOG_MESSAGE}");
                 }
-                let mut rec = BaseRecord::with_opaque_to(output, token).payload(o.json).timestamp(ts);
-                if let Some(k) = m.key() {
-                    rec = rec.key(k);
-                }
-                if let Some(h) = m.headers() {
-                    rec = rec.headers(h.detach());
-                }
-                match send(producer, rec) {
+                let limit = shared.output_limit.load(Ordering::Relaxed);
+                let too_large = |size: usize| {
+                    format!("the scored record is {size} bytes, more than the output topic takes ({limit})")
+                };
+                if o.json.len() + context > limit {
                     // Too big to produce: the input goes to the dead-letter
-                    // topic instead, so nothing is lost and nothing crashes.
-                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
-                        shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: "produce".into() }).inc();
-                        let reason = format!(
-                            "the scored record is {} bytes, more than the output topic takes ({})",
-                            o.json.len(),
-                            spec_limit
-                        );
-                        send(producer, dead_letter(dead_letter_topic, token, m, "produce", &reason))
+                    // topic instead, so nothing is lost and nothing stops.
+                    send_dead_letter(shared, token, m, "produce", &too_large(o.json.len()))
+                } else {
+                    let mut rec = BaseRecord::with_opaque_to(output, token).payload(o.json).timestamp(ts);
+                    if let Some(k) = m.key() {
+                        rec = rec.key(k);
                     }
-                    other => other,
+                    if let Some(h) = m.headers() {
+                        rec = rec.headers(h.detach());
+                    }
+                    match send(producer, rec) {
+                        Err(KafkaError::MessageProduction(code)) if dead_letter::is_record_error(code) => {
+                            send_dead_letter(shared, token, m, "produce", &format!("{} ({code})", too_large(o.json.len())))
+                        }
+                        other => other.map_err(|e| format!("could not enqueue a scored record: {e}")),
+                    }
                 }
             }
-            Event::Rejected(r) => {
-                shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: r.stage.clone() }).inc();
-                send(producer, dead_letter(dead_letter_topic, token, m, &r.stage, &r.reason))
-            }
+            Event::Rejected(r) => send_dead_letter(shared, token, m, &r.stage, &r.reason),
         };
         match sent {
             Ok(()) => st.tracker.add_output(token),
-            Err(e) => failure = Some(anyhow::anyhow!("could not enqueue a record: {e}")),
+            Err(e) => failure = Some(e),
         }
     });
     match failure {
         // Not dispatched: the record stays pending and its offset is never
-        // stored; the caller stops the runner.
-        Some(e) => Err(e),
+        // stored; the caller halts the loop.
+        Some(e) => Err(Halt::new(
+            e,
+            Some(RecordRef { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() }),
+        )),
         None => {
             st.tracker.dispatched(token);
             Ok(())
         }
     }
+}
+
+/// Bytes the headers take in a record (an estimate on the safe side).
+fn headers_size<H: Headers>(headers: Option<&H>) -> usize {
+    headers.map_or(0, |h| h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 16).sum())
+}
+
+/// Dead-letter the consumed record `m`, cut to fit the dead-letter topic
+/// if need be; if even that is refused by the client, once more as a stub.
+fn send_dead_letter(
+    shared: &Shared,
+    token: Token,
+    m: &BorrowedMessage<'_>,
+    stage: &str,
+    reason: &str,
+) -> Result<(), String> {
+    shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: stage.to_string() }).inc();
+    let input: Vec<(&str, Option<&[u8]>)> =
+        m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+    let vigil = vec![
+        ("vigil.stage".to_string(), stage.to_string()),
+        ("vigil.reason".to_string(), dead_letter::reason(reason)),
+        ("vigil.source.topic".to_string(), m.topic().to_string()),
+        ("vigil.source.partition".to_string(), m.partition().to_string()),
+        ("vigil.source.offset".to_string(), m.offset().to_string()),
+    ];
+    let payload = m.payload().unwrap_or_default();
+    let mut limit = shared.dead_letter_limit.load(Ordering::Relaxed);
+    loop {
+        let letter = dead_letter::fit(limit, payload, m.key(), &input, vigil.clone());
+        if letter.truncated() {
+            warn!(
+                partition = m.partition(),
+                offset = m.offset(),
+                size = payload.len(),
+                limit,
+                "A dead letter is larger than the dead-letter topic takes; writing it truncated"
+            );
+        }
+        let headers = if letter.keep_input_headers { m.headers().map(|h| h.detach()) } else { None };
+        let rec =
+            letter_record(shared.dead_letter.as_str(), token, &letter, headers, m.timestamp().to_millis());
+        match send(&shared.producer, rec) {
+            Ok(()) => {
+                if letter.truncated() {
+                    shared.metrics.dead_letters_truncated.inc();
+                }
+                return Ok(());
+            }
+            Err(KafkaError::MessageProduction(code))
+                if dead_letter::is_size_error(code) && limit > STUB_LIMIT =>
+            {
+                limit = STUB_LIMIT;
+            }
+            Err(e) => return Err(format!("could not enqueue a dead letter to {}: {e}", shared.dead_letter)),
+        }
+    }
+}
+
+/// The record of a sized dead letter: `headers` (the input's, when kept)
+/// followed by the letter's `vigil.*` headers.
+fn letter_record<'a>(
+    topic: &'a str,
+    token: Token,
+    letter: &'a Letter<'a>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+) -> BaseRecord<'a, [u8], [u8], usize> {
+    let mut h = headers.unwrap_or_default();
+    for (k, v) in &letter.headers {
+        h = h.insert(Header { key: k.as_str(), value: Some(v.as_str()) });
+    }
+    let mut rec = BaseRecord::with_opaque_to(topic, token).payload(letter.payload).headers(h);
+    if let Some(ts) = timestamp {
+        rec = rec.timestamp(ts);
+    }
+    if let Some(k) = letter.key {
+        rec = rec.key(k);
+    }
+    rec
 }
 
 /// The log message of a flagged record (the operator's Loki rule counts it).
@@ -823,38 +1173,6 @@ fn send(
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// A dead letter: the input's bytes, key, headers and timestamp, with where
-/// it came from and why in `vigil.*` headers.
-fn dead_letter<'a>(
-    topic: &'a str,
-    token: Token,
-    m: &'a BorrowedMessage<'_>,
-    stage: &str,
-    reason: &str,
-) -> BaseRecord<'a, [u8], [u8], usize> {
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    let mut headers = m.headers().map(|h| h.detach()).unwrap_or_default();
-    for (k, v) in [
-        ("vigil.stage", stage),
-        ("vigil.reason", reason),
-        ("vigil.source.topic", m.topic()),
-        ("vigil.source.partition", partition.as_str()),
-        ("vigil.source.offset", offset.as_str()),
-    ] {
-        headers = headers.insert(Header { key: k, value: Some(v) });
-    }
-    let mut rec =
-        BaseRecord::with_opaque_to(topic, token).payload(m.payload().unwrap_or_default()).headers(headers);
-    if let Some(ts) = m.timestamp().to_millis() {
-        rec = rec.timestamp(ts);
-    }
-    if let Some(k) = m.key() {
-        rec = rec.key(k);
-    }
-    rec
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub type Token = usize;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
+    partition: i32,
     offset: i64,
     pending: u32,
     dispatched: bool,
@@ -45,8 +46,15 @@ impl Tracker {
     /// Start tracking a consumed record, consumed at `now` (the caller reads
     /// the clock once per batch, not per record).
     pub fn begin_at(&mut self, partition: i32, offset: i64, now: Instant) -> Token {
-        let mut slot =
-            Slot { offset, pending: 0, dispatched: false, live: true, generation: 0, started: now };
+        let mut slot = Slot {
+            partition,
+            offset,
+            pending: 0,
+            dispatched: false,
+            live: true,
+            generation: 0,
+            started: now,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 slot.generation = self.slots[i].generation.wrapping_add(1);
@@ -78,6 +86,11 @@ impl Tracker {
         if let Some(s) = self.slot(t) {
             s.pending += 1;
         }
+    }
+
+    /// The input partition and offset of a record still tracked.
+    pub fn source(&mut self, t: Token) -> Option<(i32, i64)> {
+        self.slot(t).map(|s| (s.partition, s.offset))
     }
 
     /// Every output of the record has been handed to the producer.

@@ -70,6 +70,11 @@ pub struct Runner {
 
 impl Runner {
     pub fn start(dir: &Path, manifest: &str, group: &str, instance: &str) -> Runner {
+        Self::start_with(dir, manifest, group, instance, &[])
+    }
+
+    /// `start` with more arguments for `vigil run`.
+    pub fn start_with(dir: &Path, manifest: &str, group: &str, instance: &str, extra: &[&str]) -> Runner {
         let file = dir.join(format!("{instance}.yaml"));
         std::fs::write(&file, manifest).unwrap();
         let port = free_port();
@@ -78,6 +83,7 @@ impl Runner {
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["run", "--pipeline", file.to_str().unwrap(), "--group", group])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--instance", instance])
+            .args(extra)
             .env("VIGIL_KAFKA_BOOTSTRAP", kafka())
             // VIGIL_TEST_LOG, e.g. "info,librdkafka=debug", to see more.
             .env("VIGIL_LOG", std::env::var("VIGIL_TEST_LOG").unwrap_or("info".into()))
