@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
@@ -20,6 +20,9 @@ use crate::context::{Context, Settings};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::pipeline;
+
+/// The label selector of runner pods.
+const RUNNER_PODS: &str = "app.kubernetes.io/managed-by=vigil-operator,app.kubernetes.io/component=runner";
 
 /// Reconciles that run at once.
 pub const RECONCILE_CONCURRENCY: u16 = 16;
@@ -101,7 +104,14 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<PersistentVolumeClaim>(&client, ns), owned)
+        .owns(api::<PersistentVolumeClaim>(&client, ns), owned.clone())
+        // Runner pods are owned by ReplicaSets: mapped to their Pipeline by
+        // label, so a crash loop or a readiness change is reported at once.
+        .watches(api::<Pod>(&client, ns), watcher::Config::default().labels(RUNNER_PODS), |pod: Pod| {
+            let name = pod.metadata.labels.as_ref()?.get("vigil.dev/pipeline")?.clone();
+            let namespace = pod.metadata.namespace.clone()?;
+            Some(kube::runtime::reflector::ObjectRef::<Pipeline>::new(&name).within(&namespace))
+        })
         .shutdown_on_signal()
         .run(pipeline::reconcile, pipeline::error_policy, ctx)
         .for_each(|res| async move {

@@ -32,6 +32,9 @@ pub fn rules() -> Vec<PolicyRule> {
             &["configmaps", "services", "persistentvolumeclaims"],
             &["get", "list", "watch", "create", "patch"],
         ),
+        // Runner pods are watched and read to say why runners are not
+        // ready (crash loops, the runners' own /status).
+        rule("", &["pods"], &["get", "list", "watch"]),
         // spec.kafka.secretRef is read for the operator's own Kafka connection.
         rule("", &["secrets"], &["get"]),
         // Events on Pipelines.

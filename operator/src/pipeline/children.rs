@@ -304,6 +304,10 @@ pub fn deployment(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // The runner writes the error that ends it to the termination log;
+        // a panic leaves the last log lines instead. The operator quotes
+        // either on the Pipeline (`runners.rs`).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
     meta.annotations = Some([(CONFIG_HASH.to_string(), hash.to_string())].into());

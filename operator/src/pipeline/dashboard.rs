@@ -140,7 +140,7 @@ pub fn dashboard_json(namespace: &str, name: &str) -> Value {
         ),
         panel(
             7,
-            "Records in flight and keys with state",
+            "In flight, keys, rebalances and stalls",
             "timeseries",
             0,
             24,
@@ -149,6 +149,12 @@ pub fn dashboard_json(namespace: &str, name: &str) -> Value {
                 target(format!("sum(vigil_in_flight{{{sel}}})"), "in flight", "A"),
                 target(format!("sum(vigil_detector_keys{{{sel}}})"), "keys", "B"),
                 target(format!("sum(increase(vigil_rebalances_total{{{sel}}}[5m]))"), "rebalances (5m)", "C"),
+                target(format!("sum(vigil_runner_stalled{{{sel}}})"), "stalled runners", "D"),
+                target(
+                    format!("sum(increase(vigil_dead_letters_truncated_total{{{sel}}}[5m]))"),
+                    "dead letters truncated (5m)",
+                    "E",
+                ),
             ],
             "short",
         ),

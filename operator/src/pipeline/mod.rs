@@ -11,6 +11,7 @@
 pub mod children;
 pub mod dashboard;
 pub mod recheck;
+pub mod runners;
 pub mod status;
 pub mod topics;
 
@@ -304,6 +305,14 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     obs.rollout_current = generation_seen && (replicas == 0 || updated >= replicas);
     obs.ready_replicas =
         Some(ds.ready_replicas.unwrap_or(0).min(if obs.rollout_current { i32::MAX } else { updated }));
+    if !obs.paused && obs.ready_replicas.unwrap_or(0) < replicas {
+        // Pods are watched: a restart or a readiness change reconciles.
+        obs.runner_problem =
+            runners::inspect(&ctx.client, &namespace, &name, Some(&ds)).await.unwrap_or_else(|e| {
+                warn!(pipeline = %key(p), error = %e, "Cannot list the runner pods");
+                None
+            });
+    }
 
     // Lag: from the broker, at most once per interval.
     obs.lag = ctx

@@ -37,6 +37,8 @@ pub struct Observation {
     pub model: Option<(bool, String, String)>,
     /// The runner config hash rolled out.
     pub config_hash: Option<String>,
+    /// Why runners are not ready, from their pods (`runners::diagnose`).
+    pub runner_problem: Option<super::runners::Problem>,
 }
 
 fn condition(
@@ -119,6 +121,15 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
             g,
             &now,
         )
+    } else if let Some(problem) = &obs.runner_problem {
+        condition(
+            "RunnersReady",
+            false,
+            &problem.reason,
+            format!("{ready}/{} runners ready; {}", obs.replicas, problem.message),
+            g,
+            &now,
+        )
     } else if !obs.rollout_current {
         condition(
             "RunnersReady",
@@ -178,7 +189,7 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
 
     phase = if all {
         if obs.paused { PipelinePhase::Paused } else { PipelinePhase::Running }
-    } else if obs.topics_problem.is_some() && !obs.topics.is_empty() {
+    } else if (obs.topics_problem.is_some() || obs.runner_problem.is_some()) && !obs.topics.is_empty() {
         PipelinePhase::Degraded
     } else if obs.topics.is_empty() || obs.ready_replicas.is_none() {
         PipelinePhase::Provisioning
