@@ -11,6 +11,9 @@ up:
 down:
 	e2e/down
 
-# Regenerate crds/*.yaml from the Rust types.
+# Regenerate crds/*.yaml from the Rust types, and the chart's copies of the
+# CRDs and of the operator's RBAC rules.
 crds:
 	cargo run -q -p vigil-operator -- crd --out-dir crds
+	cargo run -q -p vigil-operator -- crd --out-dir helm/vigil/files/crds
+	cargo run -q -p vigil-operator -- rbac --rules-only > helm/vigil/files/rbac-rules.yaml

@@ -14,6 +14,13 @@
 # controller is left out on purpose: tests play the kubelet by writing a
 # Deployment's status, which that controller would overwrite.
 # VIGIL_K8S_CONTROLLER_MANAGER=0 skips it.
+#
+# Node mode (VIGIL_NODE_IP set, by node.sh): the API server listens on and
+# advertises the node IP (pods reach it through the `kubernetes` Service),
+# authorises kubelets (Node,RBAC, NodeRestriction) and reaches them by
+# InternalIP; the controller manager runs every controller, with the hostPath
+# provisioner. A control plane running in the other mode is restarted (its
+# data is kept).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 BIN="$VIGIL_CACHE/bin"
@@ -49,7 +56,18 @@ build() {
 # localhost, an admin client certificate (group system:masters), and the
 # service-account signing key. Generated once per state dir.
 certs() {
-  [[ -f $PKI/admin.crt ]] && return
+  if [[ -f $PKI/admin.crt ]]; then
+    # State from before node mode: the serving certificate lacks the node IP.
+    if ! openssl x509 -in "$PKI/apiserver.crt" -noout -text | grep -q 'IP Address:10.250.0.1'; then
+      log "re-issuing the API server's certificate for the node IP"
+      (cd "$PKI" && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.0.0.1,IP:10.250.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext \
+        && openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+          -extfile apiserver.ext -out apiserver.crt 2>/dev/null)
+      stop_pid "$DIR/controller-manager.pid" kube-controller-manager
+      stop_pid "$DIR/apiserver.pid" kube-apiserver
+    fi
+    return
+  fi
   mkdir -p "$PKI"
   (
     cd "$PKI"
@@ -57,7 +75,7 @@ certs() {
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
       -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,IP:10.0.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.0.0.1,IP:10.250.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=vigil-e2e-admin" \
@@ -71,14 +89,14 @@ certs() {
 }
 
 kubeconfig() {
-  local port=$1 out=$2 cert=$3 key=$4 user=$5
+  local host=$1 port=$2 out=$3 cert=$4 key=$5 user=$6
   cat > "$out" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: vigil-e2e
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$host:$port
     certificate-authority-data: $(base64 -w0 < "$PKI/ca.crt")
 users:
 - name: $user
@@ -92,10 +110,35 @@ current-context: vigil-e2e
 KC
 }
 
+# The mode asked for: node when VIGIL_NODE_IP is set, or when a node runs
+# on this control plane already (a plain `e2e/up` must not take it away).
+wanted_mode() {
+  if [[ -n ${VIGIL_NODE_IP:-} ]]; then echo node
+  elif [[ $(cat "$DIR/mode" 2>/dev/null) == node ]] && pid_alive "$VIGIL_STATE/node/kubelet.pid"; then echo node
+  else echo plain; fi
+}
+
 start() {
   build
   certs
   mkdir -p "$DIR/logs"
+  local mode node_ip="${VIGIL_NODE_IP:-10.250.0.1}"
+  mode=$(wanted_mode)
+  if [[ $(cat "$DIR/mode" 2>/dev/null || echo plain) != "$mode" ]]; then
+    log "restarting the control plane in $mode mode"
+    stop_pid "$DIR/controller-manager.pid" kube-controller-manager
+    stop_pid "$DIR/apiserver.pid" kube-apiserver
+  fi
+  local bind=127.0.0.1
+  local -a mode_flags=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
+  local -a kcm_flags=(--controllers=garbagecollector,namespace,serviceaccount)
+  if [[ $mode == node ]]; then
+    bind=$node_ip
+    mode_flags=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction
+      --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key"
+      --kubelet-preferred-address-types=InternalIP --endpoint-reconciler-type=lease)
+    kcm_flags=("--controllers=*" --enable-hostpath-provisioner --flex-volume-plugin-dir="$DIR/flexvolume")
+  fi
   local etcd_port etcd_peer api_port
   etcd_port=$(cat "$DIR/etcd-port" 2>/dev/null || free_port)
   etcd_peer=$(cat "$DIR/etcd-peer-port" 2>/dev/null || free_port)
@@ -117,24 +160,24 @@ start() {
   fi
 
   if ! pid_alive "$DIR/apiserver.pid"; then
-    log "starting kube-apiserver $KUBERNETES_VERSION on https://127.0.0.1:$api_port"
+    log "starting kube-apiserver $KUBERNETES_VERSION on https://$bind:$api_port ($mode mode)"
+    echo "$mode" > "$DIR/mode"
     nohup "$APISERVER" \
       --etcd-servers="http://127.0.0.1:$etcd_port" \
-      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+      --bind-address="$bind" --advertise-address="$bind" --secure-port="$api_port" \
       --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
       --client-ca-file="$PKI/ca.crt" \
       --service-account-issuer=https://kubernetes.default.svc \
       --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
       --service-cluster-ip-range=10.0.0.0/16 \
-      --authorization-mode=RBAC --allow-privileged=true \
+      "${mode_flags[@]}" --allow-privileged=true \
       --cert-dir="$DIR/cert-dir" \
       --enable-priority-and-fairness=false \
-      --endpoint-reconciler-type=none \
       --storage-media-type=application/json \
       > "$DIR/logs/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$DIR/apiserver.pid"
   fi
-  kubeconfig "$api_port" "$DIR/kubeconfig" "$PKI/admin.crt" "$PKI/admin.key" admin
+  kubeconfig "$bind" "$api_port" "$DIR/kubeconfig" "$PKI/admin.crt" "$PKI/admin.key" admin
   wait_for 120 kube-apiserver apiserver_ready \
     || { tail -n 30 "$DIR/logs/apiserver.log" >&2; die "kube-apiserver did not become ready (logs: $DIR/logs/apiserver.log)"; }
   pid_alive "$DIR/apiserver.pid" \
@@ -146,7 +189,7 @@ start() {
       --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" \
       --authorization-kubeconfig="$DIR/kubeconfig" \
       --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
-      --controllers=garbagecollector,namespace,serviceaccount \
+      "${kcm_flags[@]}" \
       --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
       --use-service-account-credentials=false \
       > "$DIR/logs/controller-manager.log" 2>&1 < /dev/null &

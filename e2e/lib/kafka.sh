@@ -39,14 +39,21 @@ configure() {
   cport=$(cat "$DIR/controller-port" 2>/dev/null || echo "${VIGIL_KAFKA_CONTROLLER_PORT:-$(free_port)}")
   echo "$port" > "$DIR/port"
   echo "$cport" > "$DIR/controller-port"
+  # Node mode: a second listener on the node IP, advertised there, for pods.
+  local pods="" pods_map=""
+  if [[ -n ${VIGIL_NODE_IP:-} ]]; then
+    local pport; pport=$(cat "$DIR/pod-port" 2>/dev/null || free_port)
+    echo "$pport" > "$DIR/pod-port"
+    pods=",PODS://$VIGIL_NODE_IP:$pport"; pods_map=",PODS:PLAINTEXT"
+  fi
   cat > "$DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$pods
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$pods
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$pods_map
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DIR/data
 # Tests create every topic they use; a typo must fail, not create a topic.
@@ -93,6 +100,10 @@ format_storage() {
 
 start() {
   install
+  if pid_alive "$PIDFILE" && [[ -n ${VIGIL_NODE_IP:-} ]] && ! grep -q "PODS://" "$DIR/server.properties"; then
+    log "restarting Kafka with a listener for pods on $VIGIL_NODE_IP"
+    stop
+  fi
   if pid_alive "$PIDFILE"; then
     log "Kafka already running on 127.0.0.1:$(cat "$DIR/port")"
     return

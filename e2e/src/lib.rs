@@ -26,13 +26,14 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub mod kafka;
+pub mod node;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIGIL_STATE") {
         return dir.into();
     }
@@ -43,7 +44,7 @@ fn state_dir() -> PathBuf {
 }
 
 /// Read `KEY` from the environment, else from the harness's env file.
-fn setting(key: &str) -> Option<String> {
+pub(crate) fn setting(key: &str) -> Option<String> {
     if let Ok(v) = std::env::var(key) {
         if !v.is_empty() {
             return Some(v);
@@ -58,7 +59,7 @@ fn setting(key: &str) -> Option<String> {
 
 /// Run `e2e/up <what>` under a lock so concurrent test binaries start the
 /// services once.
-fn bring_up(what: &str) -> Result<()> {
+pub(crate) fn bring_up(what: &str) -> Result<()> {
     let state = state_dir();
     std::fs::create_dir_all(&state)?;
     let lock = state.join("up.lock");

@@ -1,0 +1,129 @@
+//! The harness's real node (`e2e/up --node`): containerd, kubelet,
+//! kube-scheduler and kube-proxy running Vigil's own images, and Helm to
+//! install Vigil on it as users do. Tests that need it are named
+//! `real_node_...`; they run after the others (`e2e/test`), because the node
+//! brings the Deployment controller, which overwrites the Deployment status
+//! the other tests write themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use anyhow::{Result, bail};
+
+use crate::{kubeconfig, repo_dir, setting};
+
+/// Where pods reach the harness's services.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's IP (an address on lo).
+    pub ip: String,
+    /// The broker's listener for pods.
+    pub kafka_bootstrap: String,
+}
+
+/// The node, started if needed (and the control plane and broker with it,
+/// restarted in node mode if they ran without it).
+pub fn node() -> &'static Node {
+    static NODE: OnceLock<Node> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let ready = || {
+            setting("VIGIL_NODE").is_some()
+                && Command::new("kubectl")
+                    .args(["--kubeconfig", &kubeconfig_path(), "get", "node", "vigil-node"])
+                    .args(["-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])
+                    .output()
+                    .is_ok_and(|o| o.stdout == b"True")
+        };
+        if !ready() {
+            if let Err(e) = crate::bring_up("--node") {
+                panic!("the node could not be started: {e:#}");
+            }
+        }
+        Node {
+            ip: setting("VIGIL_NODE_IP").expect("VIGIL_NODE_IP"),
+            kafka_bootstrap: setting("VIGIL_KAFKA_POD_BOOTSTRAP").expect("VIGIL_KAFKA_POD_BOOTSTRAP"),
+        }
+    })
+}
+
+fn kubeconfig_path() -> String {
+    setting("VIGIL_KUBECONFIG").unwrap_or_else(|| kubeconfig().display().to_string())
+}
+
+/// The Helm binary, built once (`e2e/lib/tools.sh build helm`).
+pub fn helm_binary() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let script = repo_dir().join("e2e/lib/tools.sh");
+        let built = Command::new(&script).args(["build", "helm"]).output().expect("tools.sh runs");
+        assert!(built.status.success(), "building helm: {}", String::from_utf8_lossy(&built.stderr));
+        let path = Command::new(&script).args(["path", "helm"]).output().expect("tools.sh runs");
+        PathBuf::from(String::from_utf8_lossy(&path.stdout).trim())
+    })
+}
+
+/// Run helm against the harness's API server, with its caches in a
+/// directory of the harness's own.
+pub fn helm(args: &[&str]) -> Output {
+    let home = crate::state_dir().join("helm");
+    Command::new(helm_binary())
+        .env("KUBECONFIG", kubeconfig())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("helm could not be run: {e}"))
+}
+
+/// Run helm and fail with its output unless it succeeds.
+pub fn helm_ok(args: &[&str]) -> Result<String> {
+    let out = helm(args);
+    if !out.status.success() {
+        bail!(
+            "helm {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The chart's directory.
+pub fn chart() -> PathBuf {
+    repo_dir().join("helm/vigil")
+}
+
+/// `--set` arguments that point the chart at the images the harness built
+/// and imported, and at the broker's listener for pods.
+pub fn local_image_values(node: &Node) -> Vec<String> {
+    [
+        "image.repository=registry.local/vigil/vigil-operator".to_string(),
+        "image.tag=dev".into(),
+        "image.pullPolicy=Never".into(),
+        "runner.image.repository=registry.local/vigil/vigil-runner".into(),
+        "runner.image.tag=dev".into(),
+        format!("kafka.bootstrapServers={}", node.kafka_bootstrap),
+    ]
+    .into_iter()
+    .flat_map(|v| ["--set".to_string(), v])
+    .collect()
+}
+
+/// Host processes (pids) whose command line starts with `argv0` and
+/// contains `arg`: the node's containers, seen from the host.
+pub fn processes(argv0: &str, arg: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| a == argv0) && args.iter().any(|a| a == arg) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

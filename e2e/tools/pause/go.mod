@@ -1,0 +1,3 @@
+module vigil.dev/e2e/pause
+
+go 1.26

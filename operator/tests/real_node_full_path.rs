@@ -1,0 +1,212 @@
+//! The whole path as users run it, on the harness's real node: `helm
+//! install` of the chart (CRDs, RBAC, the operator Deployment from its own
+//! image, leader election on), the shipped examples applied as they are,
+//! runner pods made Ready by their own probes, records in and scored
+//! records out, status, logs, the runner Service, and pod security checked
+//! on the running processes, not on the manifests.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams};
+use vigil_crds::Pipeline;
+use vigil_e2e::node::{helm_ok, local_image_values, node, processes};
+use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, repo_dir};
+
+/// The chart, installed once for this test binary in `vigil-system`.
+fn install() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let node = node();
+        let chart = vigil_e2e::node::chart();
+        let mut args: Vec<String> = [
+            "upgrade",
+            "--install",
+            "vigil",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "vigil-system",
+            "--create-namespace",
+            // CRDs an earlier test applied without Helm.
+            "--take-ownership",
+            "--wait",
+            "--timeout",
+            "240s",
+            "--set",
+            "refreshInterval=5",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        args.extend(local_image_values(node));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm_ok(&args).unwrap_or_else(|e| panic!("{e:#}\n{}", diagnostics("vigil-system")));
+    });
+}
+
+/// What a person would look at when something does not come up.
+fn diagnostics(namespace: &str) -> String {
+    let out = |args: &[&str]| {
+        let o = kubectl(args);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    [
+        out(&["get", "pods,deployments,pipelines", "-n", namespace, "-o", "wide"]),
+        out(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+        out(&["logs", "-n", "vigil-system", "-l", "app.kubernetes.io/component=operator", "--tail=40"]),
+    ]
+    .join("\n")
+}
+
+async fn wait_ready(api: &Api<Pipeline>, name: &str, ns: &str, timeout: Duration) -> Pipeline {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(p) = api.get(name).await {
+            let s = p.status.clone().unwrap_or_default();
+            let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready && s.observed_generation == p.metadata.generation {
+                return p;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} not Ready within {timeout:?}\n{}", diagnostics(ns));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fields of /proc/PID/status.
+fn proc_status(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_string(), v.trim().to_string())))
+        .collect()
+}
+
+/// Whether the process's root filesystem is mounted read-only.
+fn root_read_only(pid: u32) -> bool {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_node_helm_install_examples_and_records_through_running_pods() {
+    install();
+    let client = kube_client().await.unwrap();
+    let ns = TestNamespace::create(&client, "node-path").await.unwrap();
+
+    // The operator runs from its image, in its Deployment, with its
+    // ServiceAccount: ready through its own probes (helm --wait).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "vigil-system");
+    let op = deployments.get("vigil-operator").await.unwrap();
+    assert_eq!(op.status.as_ref().and_then(|s| s.ready_replicas), Some(2), "{}", diagnostics("vigil-system"));
+
+    // The shipped examples, applied as they are.
+    let examples = repo_dir().join("examples/pipelines");
+    let out = kubectl(&["apply", "-n", &ns.name, "-f", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["cpu-anomalies", "sensor-anomalies"] {
+        let p = wait_ready(&api, name, &ns.name, Duration::from_secs(180)).await;
+        let s = p.status.unwrap();
+        assert_eq!(s.ready_replicas, s.replicas, "{name}: every runner pod is ready");
+        assert!(s.ready_replicas.unwrap_or(0) >= 1);
+    }
+    let table = kubectl(&["get", "pipelines", "-n", &ns.name]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.matches("Running").count(), 2, "kubectl get pipelines:\n{table}");
+
+    // Records in, scored records out, through the runner pods.
+    let run = vigil_e2e::unique_name("r");
+    let records: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                r#"{{"run": "{run}", "id": {i}, "host": "web-{}", "timestamp": "2026-12-01 10:{:02}:{:02}", "cpu": {}}}"#,
+                i % 3,
+                i / 60,
+                i % 60,
+                30.0 + (i % 7) as f64
+            )
+        })
+        .collect();
+    let pairs: Vec<(Option<&str>, &[u8])> = records.iter().map(|r| (None, r.as_bytes())).collect();
+    kafka::produce("cpu-metrics", &pairs).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 300 && Instant::now() < deadline {
+        for r in kafka::drain("cpu-scores", usize::MAX, Duration::from_secs(5), false).unwrap() {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+            if v["run"] == run.as_str() {
+                assert!(v["anomaly"]["score"].is_number(), "scored: {v}");
+                seen.insert(v["id"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 300, "every record came out scored\n{}", diagnostics(&ns.name));
+
+    // The lag the operator reports falls to zero.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = api.get("cpu-anomalies").await.unwrap();
+        if p.status.and_then(|s| s.consumer_lag) == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumer lag did not reach 0");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // kubectl logs shows the runner's JSON logs.
+    let logs = kubectl(&["logs", "-n", &ns.name, "deployment/cpu-anomalies-runner"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    let first: serde_json::Value =
+        serde_json::from_str(logs.lines().next().unwrap_or("")).unwrap_or_default();
+    assert!(first["level"].is_string() && first["message"].is_string(), "JSON logs:\n{logs}");
+    assert!(logs.contains("Runner started"), "{logs}");
+
+    // The runner Service answers /metrics (through kube-proxy).
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let svc = services.get("cpu-anomalies-runner").await.unwrap();
+    let ip = svc.spec.unwrap().cluster_ip.unwrap();
+    let metrics = Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("vigil_records_in_total"), "metrics through the Service:\n{metrics}");
+
+    // Pod security, from the running processes: not root, no capabilities,
+    // no privilege escalation, a read-only root filesystem.
+    let runners = processes("/usr/local/bin/vigil", "run");
+    let operators = processes("/usr/local/bin/vigil-operator", "run");
+    assert!(
+        !runners.is_empty() && operators.len() == 2,
+        "runner {runners:?}, operator {operators:?} processes"
+    );
+    for pid in runners.iter().chain(&operators) {
+        let st = proc_status(*pid);
+        assert!(st["Uid"].split_whitespace().all(|u| u == "65532"), "pid {pid} uid {}", st["Uid"]);
+        assert_eq!(st["CapEff"], "0000000000000000", "pid {pid}: capabilities dropped");
+        assert_eq!(st["CapPrm"], "0000000000000000", "pid {pid}");
+        assert_eq!(st["NoNewPrivs"], "1", "pid {pid}: no privilege escalation");
+        assert!(root_read_only(*pid), "pid {pid}: read-only root filesystem");
+    }
+
+    // Every runner pod is Ready through its readiness probe, on the node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=runner")).await.unwrap();
+    assert!(!list.items.is_empty());
+    for p in &list.items {
+        assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("vigil-node"));
+    }
+    ns.cleanup().await.unwrap();
+}
