@@ -41,6 +41,8 @@ configure() {
   echo "$cport" > "$DIR/controller-port"
   # Node mode: a second listener on the node IP, advertised there, for pods.
   local pods="" pods_map=""
+  # Kept across restarts while a node runs (broker-outage tests restart it).
+  [[ -z ${VIGIL_NODE_IP:-} && -f $VIGIL_STATE/node/ip ]] && VIGIL_NODE_IP=$(cat "$VIGIL_STATE/node/ip")
   if [[ -n ${VIGIL_NODE_IP:-} ]]; then
     local pport; pport=$(cat "$DIR/pod-port" 2>/dev/null || free_port)
     echo "$pport" > "$DIR/pod-port"

@@ -127,3 +127,52 @@ pub fn processes(argv0: &str, arg: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// The namespace the tests install the chart into.
+pub const VIGIL_NAMESPACE: &str = "vigil-system";
+
+/// Install (or upgrade) the chart once per test binary, as release `vigil`
+/// in `vigil-system`, from the locally built images, and wait for the
+/// operator to be ready. `--take-ownership`: the CRDs may have been applied
+/// without Helm by the node-less tests.
+pub fn install_vigil() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let node = node();
+        let chart = chart();
+        let mut args: Vec<String> = ["upgrade", "--install", "vigil", chart.to_str().unwrap_or_default()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(
+            ["--namespace", VIGIL_NAMESPACE, "--create-namespace", "--take-ownership", "--wait", "--timeout", "240s"]
+                .map(String::from),
+        );
+        args.extend(["--set".to_string(), "refreshInterval=5".to_string()]);
+        args.extend(local_image_values(node));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = helm_ok(&args) {
+            panic!("{e:#}\n{}", diagnostics(VIGIL_NAMESPACE));
+        }
+    });
+}
+
+/// What a person would look at when something does not come up: pods,
+/// Deployments and Pipelines of `namespace`, its Events, the operator's log.
+pub fn diagnostics(namespace: &str) -> String {
+    let out = |args: &[&str]| {
+        let o = crate::kubectl(args);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    [
+        out(&["get", "pods,deployments,pipelines", "-n", namespace, "-o", "wide"]),
+        out(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+        out(&["logs", "-n", VIGIL_NAMESPACE, "-l", "app.kubernetes.io/component=operator", "--tail=30", "--prefix"]),
+    ]
+    .join("\n")
+}

@@ -6,65 +6,14 @@
 //! on the running processes, not on the manifests.
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use vigil_crds::Pipeline;
-use vigil_e2e::node::{helm_ok, local_image_values, node, processes};
+use vigil_e2e::node::{diagnostics, install_vigil, processes};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, repo_dir};
-
-/// The chart, installed once for this test binary in `vigil-system`.
-fn install() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let node = node();
-        let chart = vigil_e2e::node::chart();
-        let mut args: Vec<String> = [
-            "upgrade",
-            "--install",
-            "vigil",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "vigil-system",
-            "--create-namespace",
-            // CRDs an earlier test applied without Helm.
-            "--take-ownership",
-            "--wait",
-            "--timeout",
-            "240s",
-            "--set",
-            "refreshInterval=5",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        args.extend(local_image_values(node));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        helm_ok(&args).unwrap_or_else(|e| panic!("{e:#}\n{}", diagnostics("vigil-system")));
-    });
-}
-
-/// What a person would look at when something does not come up.
-fn diagnostics(namespace: &str) -> String {
-    let out = |args: &[&str]| {
-        let o = kubectl(args);
-        format!(
-            "$ kubectl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    [
-        out(&["get", "pods,deployments,pipelines", "-n", namespace, "-o", "wide"]),
-        out(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
-        out(&["logs", "-n", "vigil-system", "-l", "app.kubernetes.io/component=operator", "--tail=40"]),
-    ]
-    .join("\n")
-}
 
 async fn wait_ready(api: &Api<Pipeline>, name: &str, ns: &str, timeout: Duration) -> Pipeline {
     let deadline = Instant::now() + timeout;
@@ -101,7 +50,7 @@ fn root_read_only(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_helm_install_examples_and_records_through_running_pods() {
-    install();
+    install_vigil();
     let client = kube_client().await.unwrap();
     let ns = TestNamespace::create(&client, "node-path").await.unwrap();
 
