@@ -133,8 +133,9 @@ pub const VIGIL_NAMESPACE: &str = "vigil-system";
 
 /// Install (or upgrade) the chart once per test binary, as release `vigil`
 /// in `vigil-system`, from the locally built images, and wait for the
-/// operator to be ready. `--take-ownership`: the CRDs may have been applied
-/// without Helm by the node-less tests.
+/// operator to be ready. `--take-ownership --force-conflicts`: the CRDs may
+/// have been applied without Helm (kubectl, server-side apply) by the
+/// node-less tests.
 pub fn install_vigil() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -145,8 +146,17 @@ pub fn install_vigil() {
             .map(String::from)
             .collect();
         args.extend(
-            ["--namespace", VIGIL_NAMESPACE, "--create-namespace", "--take-ownership", "--wait", "--timeout", "240s"]
-                .map(String::from),
+            [
+                "--namespace",
+                VIGIL_NAMESPACE,
+                "--create-namespace",
+                "--take-ownership",
+                "--force-conflicts",
+                "--wait",
+                "--timeout",
+                "240s",
+            ]
+            .map(String::from),
         );
         args.extend(["--set".to_string(), "refreshInterval=5".to_string()]);
         args.extend(local_image_values(node));
@@ -172,7 +182,15 @@ pub fn diagnostics(namespace: &str) -> String {
     [
         out(&["get", "pods,deployments,pipelines", "-n", namespace, "-o", "wide"]),
         out(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
-        out(&["logs", "-n", VIGIL_NAMESPACE, "-l", "app.kubernetes.io/component=operator", "--tail=30", "--prefix"]),
+        out(&[
+            "logs",
+            "-n",
+            VIGIL_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--tail=30",
+            "--prefix",
+        ]),
     ]
     .join("\n")
 }

@@ -13,7 +13,12 @@ use vigil_e2e::node::{diagnostics, install_vigil};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
 
 fn condition(p: &Pipeline, type_: &str) -> Option<(String, String, String)> {
-    p.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 async fn restarts(pods: &Api<Pod>) -> HashMap<String, i32> {
@@ -21,7 +26,11 @@ async fn restarts(pods: &Api<Pod>) -> HashMap<String, i32> {
     list.items
         .iter()
         .map(|p| {
-            let n = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c.iter().map(|c| c.restart_count).sum());
+            let n = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |c| c.iter().map(|c| c.restart_count).sum());
             (p.metadata.name.clone().unwrap(), n)
         })
         .collect()
@@ -63,7 +72,11 @@ spec:
                         return p;
                     }
                 }
-                assert!(Instant::now() < deadline, "Ready={status} not within {timeout:?}\n{}", diagnostics(&ns));
+                assert!(
+                    Instant::now() < deadline,
+                    "Ready={status} not within {timeout:?}\n{}",
+                    diagnostics(&ns)
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -84,7 +97,8 @@ spec:
     assert_eq!(during, before, "no runner restarted during the outage\n{}", diagnostics(&ns.name));
 
     wait("True", Duration::from_secs(180)).await;
-    let records: Vec<String> = (0..50).map(|i| format!(r#"{{"id": {i}, "host": "h{}", "cpu": 50.0}}"#, i % 3)).collect();
+    let records: Vec<String> =
+        (0..50).map(|i| format!(r#"{{"id": {i}, "host": "h{}", "cpu": 50.0}}"#, i % 3)).collect();
     let pairs: Vec<(Option<&str>, &[u8])> = records.iter().map(|r| (None, r.as_bytes())).collect();
     kafka::produce(&format!("{t}-in"), &pairs).await.unwrap();
     let out = kafka::drain(&format!("{t}-out"), 50, Duration::from_secs(120), false).unwrap();

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use vigil_crds::Pipeline;
 use vigil_e2e::node::{VIGIL_NAMESPACE, diagnostics, install_vigil};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
@@ -109,8 +109,10 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     apply(&ns.name, &pipeline("life", &topics, 2, 0.95));
     wait_for("the rollout", &ns.name, Duration::from_secs(120), || async {
         let pods = runner_pods(&client, &ns.name, "life").await;
-        let fresh = pods.iter().filter(|p| !before.contains(p.metadata.name.as_deref().unwrap_or(""))).count();
-        let all_new_ready = pods.iter().all(|p| !before.contains(p.metadata.name.as_deref().unwrap_or("")) && pod_ready(p));
+        let fresh =
+            pods.iter().filter(|p| !before.contains(p.metadata.name.as_deref().unwrap_or(""))).count();
+        let all_new_ready =
+            pods.iter().all(|p| !before.contains(p.metadata.name.as_deref().unwrap_or("")) && pod_ready(p));
         (fresh == 2 && all_new_ready && pods.len() == 2).then_some(())
     })
     .await;
@@ -129,9 +131,13 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     .await;
 
     // 3. Pause: the runners go to zero, topics and offsets stay.
-    api.patch("life", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"lifecycle": "Paused"}})))
-        .await
-        .unwrap();
+    api.patch(
+        "life",
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"spec": {"lifecycle": "Paused"}})),
+    )
+    .await
+    .unwrap();
     wait_for("no runner pods while paused", &ns.name, Duration::from_secs(90), || async {
         let p = api.get("life").await.ok()?;
         let paused = p.status.as_ref()?.phase == Some(vigil_crds::pipeline::PipelinePhase::Paused);
@@ -140,9 +146,13 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Resume.
-    api.patch("life", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"lifecycle": "Running"}})))
-        .await
-        .unwrap();
+    api.patch(
+        "life",
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"spec": {"lifecycle": "Running"}})),
+    )
+    .await
+    .unwrap();
     wait_for("runners back after resume", &ns.name, Duration::from_secs(120), || async {
         let p = ready(&api, "life").await?;
         (p.status?.ready_replicas == Some(2)).then_some(())
@@ -160,7 +170,12 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
         }
     }
     let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).take(20).collect();
-    assert!(missing.is_empty(), "{} of {N} ids missing, e.g. {missing:?}\n{}", N - seen.len() as u64, diagnostics(&ns.name));
+    assert!(
+        missing.is_empty(),
+        "{} of {N} ids missing, e.g. {missing:?}\n{}",
+        N - seen.len() as u64,
+        diagnostics(&ns.name)
+    );
 
     api.delete("life", &DeleteParams::default()).await.unwrap();
     ns.cleanup().await.unwrap();
@@ -172,9 +187,7 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let client = kube_client().await.unwrap();
     let ns = TestNamespace::create(&client, "node-failover").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), VIGIL_NAMESPACE);
-    let holder = || async {
-        leases.get("vigil-operator").await.ok()?.spec?.holder_identity
-    };
+    let holder = || async { leases.get("vigil-operator").await.ok()?.spec?.holder_identity };
     let leader = wait_for("a leader", VIGIL_NAMESPACE, Duration::from_secs(60), holder).await;
 
     // Five Pipelines, and the leader killed while it reconciles them.
@@ -183,7 +196,9 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let yaml: String = names.iter().map(|n| pipeline(n, &format!("{base}-{n}"), 1, 0.9) + "---\n").collect();
     apply(&ns.name, &yaml);
     let pods: Api<Pod> = Api::namespaced(client.clone(), VIGIL_NAMESPACE);
-    pods.delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    pods.delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+        .await
+        .unwrap();
 
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     for n in &names {
@@ -199,11 +214,23 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=vigil-operator");
     let d = deployments.list(&lp).await.unwrap().items;
     let s = services.list(&lp).await.unwrap().items;
-    let c = config_maps.list(&lp.clone().labels("app.kubernetes.io/managed-by=vigil-operator,app.kubernetes.io/component=config")).await.unwrap().items;
+    let c = config_maps
+        .list(
+            &lp.clone()
+                .labels("app.kubernetes.io/managed-by=vigil-operator,app.kubernetes.io/component=config"),
+        )
+        .await
+        .unwrap()
+        .items;
     assert_eq!(d.len(), 5, "one Deployment per Pipeline");
     assert_eq!(s.len(), 5, "one Service per Pipeline");
     assert_eq!(c.len(), 5, "one runner ConfigMap per Pipeline");
-    for obj in d.iter().map(|x| &x.metadata).chain(s.iter().map(|x| &x.metadata)).chain(c.iter().map(|x| &x.metadata)) {
+    for obj in d
+        .iter()
+        .map(|x| &x.metadata)
+        .chain(s.iter().map(|x| &x.metadata))
+        .chain(c.iter().map(|x| &x.metadata))
+    {
         let owners = obj.owner_references.clone().unwrap_or_default();
         assert_eq!(owners.len(), 1, "{:?} has one owner", obj.name);
         assert!(names.contains(&owners[0].name), "{:?} is owned by a Pipeline", obj.name);
