@@ -71,6 +71,15 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
         assert_eq!(s.ready_replicas, s.replicas, "{name}: every runner pod is ready");
         assert!(s.ready_replicas.unwrap_or(0) >= 1);
     }
+    // GitOps: once the operator has reconciled, the user's manifests show
+    // no difference (defaults, status and the finalizer never fight them).
+    let diff = kubectl(&["diff", "-n", &ns.name, "-f", examples.to_str().unwrap()]);
+    assert!(
+        diff.status.success(),
+        "kubectl diff after reconcile:\n{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
     let table = kubectl(&["get", "pipelines", "-n", &ns.name]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert_eq!(table.matches("Running").count(), 2, "kubectl get pipelines:\n{table}");
@@ -158,4 +167,19 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
         assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("vigil-node"));
     }
     ns.cleanup().await.unwrap();
+}
+
+#[test]
+fn real_node_a_second_node_on_the_same_host_is_refused_clearly() {
+    vigil_e2e::node::node();
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(repo_dir().join("e2e/lib/node.sh"))
+        .arg("start")
+        .env("VIGIL_STATE", other.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second node must not start");
+    assert!(err.contains("only one node can run per host"), "{err}");
+    assert!(err.contains("e2e/down"), "says how to stop the first: {err}");
 }
