@@ -337,6 +337,9 @@ stop() {
   # 1. Let the kubelet stop every pod: that runs the CNI teardown (veth,
   #    netns, iptables) for each.
   if pid_alive "$DIR/kubelet.pid" && pid_alive "$K8S_DIR/apiserver.pid"; then
+    # No controller may replace the pods deleted here (k8s.sh starts it
+    # again, in the mode asked for, with the next `up`).
+    stop_pid "$K8S_DIR/controller-manager.pid" kube-controller-manager
     kubectl_ delete pods --all-namespaces --all --grace-period=1 --wait=false >/dev/null 2>&1 || true
     wait_for 60 "pods gone" bash -c "[[ -z \$(kubectl --kubeconfig $K8S_DIR/kubeconfig get pods -A -o name 2>/dev/null) ]]" \
       || log "pods still listed; removing their containers directly"

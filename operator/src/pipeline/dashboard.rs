@@ -163,13 +163,18 @@ pub fn dashboard_json(namespace: &str, name: &str) -> Value {
             "datasource": {"type": "loki", "uid": "${loki}"},
             "gridPos": {"x": 12, "y": 24, "w": 12, "h": 8},
             "targets": [{"expr": pods, "refId": "A"}],
-            "options": {"showTime": true, "wrapLogMessage": true, "sortOrder": "Descending"},
+            "options": {
+                "showTime": true, "wrapLogMessage": true, "sortOrder": "Descending",
+                "showLabels": false, "showCommonLabels": false, "showLogContextToggle": true,
+                "prettifyLogMessage": false, "enableLogDetails": true, "dedupStrategy": "none",
+            },
         }),
     ];
     json!({
         "title": format!("Vigil pipeline {namespace}/{name}"),
         "uid": format!("vigil-{}", short_uid(namespace, name)),
         "tags": ["vigil"],
+        "annotations": {"list": []},
         "timezone": "browser",
         "schemaVersion": 39,
         "refresh": "30s",
