@@ -16,7 +16,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn every_example_manifest_is_valid() {
-    let files = yaml_files(&repo().join("examples"));
+    // Vigil's examples; examples/argocd holds Argo CD's own objects.
+    let mut files = yaml_files(&repo().join("examples/pipelines"));
+    files.extend(yaml_files(&repo().join("examples/models")));
     assert!(files.len() >= 3, "expected the shipped examples, found {files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,21 +14,6 @@ use kube::api::{Api, DeleteParams};
 use support::*;
 use vigil_crds::Pipeline;
 use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
-
-/// The `vigil` binary of this workspace (built by `cargo test --workspace`;
-/// built here when a narrower command did not).
-fn vigil_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = dir.join("vigil");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status =
-            Command::new(cargo).args(["build", "-p", "vigil-runner", "--bin", "vigil"]).status().unwrap();
-        assert!(status.success(), "building the runner");
-    }
-    bin
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_k8s_the_deployed_runner_scores_records_from_the_operators_topics() {

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -140,19 +139,6 @@ async fn real_k8s_a_crash_looping_runner_is_reported_with_its_last_error() {
 
     let _ = kafka::delete_topics(&[&format!("{t}-in"), &format!("{t}-out"), &format!("{t}-dlq")]).await;
     ns.cleanup().await.unwrap();
-}
-
-fn vigil_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = dir.join("vigil");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status =
-            Command::new(cargo).args(["build", "-p", "vigil-runner", "--bin", "vigil"]).status().unwrap();
-        assert!(status.success(), "building the runner");
-    }
-    bin
 }
 
 #[tokio::test(flavor = "multi_thread")]

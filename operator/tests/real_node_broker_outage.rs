@@ -3,23 +3,18 @@
 //! everything recovers when the broker returns. A test binary of its own:
 //! every other test would see the outage.
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
+use support::condition;
 use vigil_crds::Pipeline;
 use vigil_e2e::node::{diagnostics, install_vigil};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
 
-fn condition(p: &Pipeline, type_: &str) -> Option<(String, String, String)> {
-    p.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
 
 async fn restarts(pods: &Api<Pod>) -> HashMap<String, i32> {
     let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=runner")).await.unwrap();

@@ -171,3 +171,20 @@ pub fn keep_ready(client: Client, namespace: String, name: String) -> tokio::tas
         }
     })
 }
+
+/// The `vigil` binary of this workspace (built by `cargo test --workspace`;
+/// built here when a narrower command did not).
+pub fn vigil_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let bin = dir.join("vigil");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "vigil-runner", "--bin", "vigil"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the runner");
+    }
+    bin
+}
