@@ -422,7 +422,142 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
     Ok(e)
 }
 
+/// The functions expressions may call: (name, arguments counting the
+/// receiver of `x.f()`, or `None` for one or more). The runner implements
+/// exactly these (its tests check).
+pub const FUNCTIONS: &[(&str, Option<usize>)] = &[
+    ("size", Some(1)),
+    ("int", Some(1)),
+    ("double", Some(1)),
+    ("string", Some(1)),
+    ("abs", Some(1)),
+    ("min", None),
+    ("max", None),
+    ("sqrt", Some(1)),
+    ("log", Some(1)),
+    ("log10", Some(1)),
+    ("exp", Some(1)),
+    ("pow", Some(2)),
+    ("floor", Some(1)),
+    ("ceil", Some(1)),
+    ("round", Some(1)),
+    ("startsWith", Some(2)),
+    ("endsWith", Some(2)),
+    ("contains", Some(2)),
+    ("matches", Some(2)),
+    ("lowerAscii", Some(1)),
+    ("upperAscii", Some(1)),
+    ("trim", Some(1)),
+];
+
+/// What an expression gives, as far as its shape tells (a field's type is
+/// only known per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    Number,
+    Text,
+    List,
+    /// A field, `null`, or a mix.
+    Unknown,
+}
+
+impl Kind {
+    /// For messages: "a number".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Bool => "true or false",
+            Kind::Number => "a number",
+            Kind::Text => "a string",
+            Kind::List => "a list",
+            Kind::Unknown => "a value",
+        }
+    }
+}
+
 impl Expr {
+    /// Every call names a function that exists, with as many arguments as
+    /// it takes, and every `matches()` pattern written as a string compiles:
+    /// the runner refuses the same at start, with the same messages.
+    pub fn check_calls(&self) -> Result<(), String> {
+        if let Expr::Call { name, receiver, args } = self {
+            let Some((_, arity)) = FUNCTIONS.iter().find(|(n, _)| n == name) else {
+                let names: Vec<&str> = FUNCTIONS.iter().map(|(n, _)| *n).collect();
+                return Err(format!("unknown function {name}() (available: {})", names.join(", ")));
+            };
+            let count = args.len() + usize::from(receiver.is_some());
+            let ok = match arity {
+                Some(n) => count == *n,
+                None => count > 0,
+            };
+            if !ok {
+                return Err(format!("{name}() takes {} argument(s), got {count}", arity.unwrap_or(1)));
+            }
+            if name == "matches" {
+                let pattern = if receiver.is_some() { args.first() } else { args.get(1) };
+                if let Some(Expr::Lit(Lit::Str(p))) = pattern {
+                    regex::Regex::new(p).map_err(|e| format!("invalid regex {p:?}: {e}"))?;
+                }
+            }
+        }
+        self.children().into_iter().try_for_each(Expr::check_calls)
+    }
+
+    fn children(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Lit(_) | Expr::Field(_) | Expr::Record => vec![],
+            Expr::Member(a, _) | Expr::Unary(_, a) | Expr::Has(a) => vec![a],
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => vec![a, b],
+            Expr::Cond(c, a, b) => vec![c, a, b],
+            Expr::Call { receiver, args, .. } => receiver.iter().map(|r| &**r).chain(args.iter()).collect(),
+            Expr::List(items) => items.iter().collect(),
+        }
+    }
+
+    /// What the expression gives, from its shape.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Expr::Lit(Lit::Bool(_)) | Expr::Has(_) => Kind::Bool,
+            Expr::Lit(Lit::Int(_) | Lit::Float(_)) => Kind::Number,
+            Expr::Lit(Lit::Str(_)) => Kind::Text,
+            Expr::List(_) => Kind::List,
+            Expr::Lit(Lit::Null) | Expr::Field(_) | Expr::Record | Expr::Member(..) | Expr::Index(..) => {
+                Kind::Unknown
+            }
+            Expr::Unary(UnOp::Not, _) => Kind::Bool,
+            Expr::Unary(UnOp::Neg, _) => Kind::Number,
+            Expr::Binary(op, a, b) => match op {
+                BinOp::Or
+                | BinOp::And
+                | BinOp::Eq
+                | BinOp::Ne
+                | BinOp::Lt
+                | BinOp::Le
+                | BinOp::Gt
+                | BinOp::Ge
+                | BinOp::In => Kind::Bool,
+                BinOp::Add => match (a.kind(), b.kind()) {
+                    (Kind::Number, Kind::Number) => Kind::Number,
+                    (Kind::Text, _) | (_, Kind::Text) => Kind::Text,
+                    (Kind::List, _) | (_, Kind::List) => Kind::List,
+                    _ => Kind::Unknown,
+                },
+                BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => Kind::Number,
+            },
+            Expr::Cond(_, a, b) => {
+                let (a, b) = (a.kind(), b.kind());
+                if a == b { a } else { Kind::Unknown }
+            }
+            Expr::Call { name, .. } => match name.as_str() {
+                "startsWith" | "endsWith" | "contains" | "matches" => Kind::Bool,
+                "string" | "lowerAscii" | "upperAscii" | "trim" => Kind::Text,
+                "size" | "int" | "double" | "abs" | "min" | "max" | "sqrt" | "log" | "log10" | "exp"
+                | "pow" | "floor" | "ceil" | "round" => Kind::Number,
+                _ => Kind::Unknown,
+            },
+        }
+    }
+
     /// The record fields the expression reads: variables, and `record.x`
     /// or `record["x"]`. `has(...)` arguments are presence tests, not reads,
     /// and are left out.
@@ -517,5 +652,39 @@ mod tests {
         assert!(e.to_string().starts_with("column 3: unexpected 'b'"), "{e}");
         assert!(parse("'open").is_err());
         assert!(parse("").is_err());
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn calls(src: &str) -> Result<(), String> {
+        parse(src).unwrap().check_calls()
+    }
+
+    #[test]
+    fn unknown_functions_wrong_arity_and_bad_patterns_are_refused() {
+        assert!(calls("startsWith(host, \"db\") && abs(cpu) > 1").is_ok());
+        assert!(calls("host.startsWith(\"db\")").is_ok(), "a receiver counts as an argument");
+        let e = calls("avg(cpu) > 1").unwrap_err();
+        assert!(e.starts_with("unknown function avg() (available: size, int,"), "{e}");
+        assert_eq!(calls("pow(cpu)").unwrap_err(), "pow() takes 2 argument(s), got 1");
+        assert_eq!(calls("min()").unwrap_err(), "min() takes 1 argument(s), got 0");
+        assert!(calls("matches(host, \"[\")").unwrap_err().starts_with("invalid regex \"[\""));
+        assert!(calls("x ? sqrt(1, 2) : 0").is_err(), "nested calls are checked");
+    }
+
+    #[test]
+    fn kinds_follow_the_shape() {
+        let k = |s: &str| parse(s).unwrap().kind();
+        assert_eq!(k("cpu > 1 && load < 2"), Kind::Bool);
+        assert_eq!(k("cpu * 2"), Kind::Number);
+        assert_eq!(k("lowerAscii(host)"), Kind::Text);
+        assert_eq!(k("\"a\" + host"), Kind::Text);
+        assert_eq!(k("cpu"), Kind::Unknown, "a field's type is per record");
+        assert_eq!(k("flag ? 1 : 2"), Kind::Number);
+        assert_eq!(k("flag ? 1 : \"x\""), Kind::Unknown);
+        assert_eq!(k("has(record.x)"), Kind::Bool);
     }
 }

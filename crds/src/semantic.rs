@@ -77,10 +77,25 @@ impl Fields {
     }
 }
 
-/// The fields an expression reads; a syntax error is reported at `path`.
-fn expression_fields(src: &str, path: &str, errors: &mut Vec<String>) -> BTreeSet<String> {
+/// The fields an expression reads. A syntax error, an unknown function,
+/// a wrong number of arguments or a bad `matches()` pattern is reported at
+/// `path` (what the runner would refuse at start); so is a filter that
+/// cannot give true or false.
+fn expression_fields(src: &str, path: &str, filter: bool, errors: &mut Vec<String>) -> BTreeSet<String> {
     match crate::expr::parse(src) {
-        Ok(e) => e.fields(),
+        Ok(e) => {
+            if let Err(why) = e.check_calls() {
+                errors.push(format!("{path}: Invalid value: {src:?}: {why}"));
+            }
+            let kind = e.kind();
+            if filter && !matches!(kind, crate::expr::Kind::Bool | crate::expr::Kind::Unknown) {
+                errors.push(format!(
+                    "{path}: Invalid value: {src:?}: a filter must be true or false, and this gives {}",
+                    kind.describe()
+                ));
+            }
+            e.fields()
+        }
         Err(e) => {
             errors.push(format!("{path}: Invalid value: {src:?}: {e}"));
             BTreeSet::new()
@@ -96,13 +111,13 @@ fn walk(transforms: &[Transform], mut fields: Fields, base: &str, errors: &mut V
         match t {
             Transform::Filter(f) => {
                 let path = format!("{at}.filter.expr");
-                for name in expression_fields(&f.expr, &path, errors) {
+                for name in expression_fields(&f.expr, &path, true, errors) {
                     fields.check(&name, &path, errors);
                 }
             }
             Transform::Derive(d) => {
                 let path = format!("{at}.derive.expr");
-                for name in expression_fields(&d.expr, &path, errors) {
+                for name in expression_fields(&d.expr, &path, false, errors) {
                     fields.check(&name, &path, errors);
                 }
                 fields.add(&d.field);
@@ -256,12 +271,51 @@ mod tests {
     #[test]
     fn a_syntax_error_names_the_expression_field() {
         let mut errors = Vec::new();
-        expression_fields("cpu >", "spec.transforms[0].filter.expr", &mut errors);
+        expression_fields("cpu >", "spec.transforms[0].filter.expr", true, &mut errors);
         assert_eq!(
             errors,
             [
                 "spec.transforms[0].filter.expr: Invalid value: \"cpu >\": column 6: expected a value, found the end of the expression"
             ]
+        );
+    }
+
+    fn pipeline(transforms: &str) -> crate::PipelineSpec {
+        let text = format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: p}}\nspec:\n  input: {{topic: {{name: in}}, keyField: host}}\n  transforms: {transforms}\n  detector: {{algorithm: robustZ, features: [cpu]}}\n  output: {{name: out}}\n  deadLetter: {{name: dlq}}\n"
+        );
+        let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        serde_json::from_value::<crate::Pipeline>(value).unwrap().spec
+    }
+
+    #[test]
+    fn what_the_runner_would_refuse_at_start_is_refused_here_first() {
+        let errors = check_pipeline(&pipeline(r#"[{filter: {expr: "avg(cpu) > 1"}}]"#));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "spec.transforms[0].filter.expr: Invalid value: \"avg(cpu) > 1\": unknown function avg() (available: size,"
+            ),
+            "{errors:?}"
+        );
+        let errors = check_pipeline(&pipeline(r#"[{derive: {field: x, expr: "pow(cpu)"}}]"#));
+        assert_eq!(
+            errors,
+            ["spec.transforms[0].derive.expr: Invalid value: \"pow(cpu)\": pow() takes 2 argument(s), got 1"]
+        );
+        let errors = check_pipeline(&pipeline(r#"[{filter: {expr: "cpu * 2"}}]"#));
+        assert_eq!(
+            errors,
+            [
+                "spec.transforms[0].filter.expr: Invalid value: \"cpu * 2\": a filter must be true or false, and this gives a number"
+            ]
+        );
+        assert!(
+            check_pipeline(&pipeline(r#"[{filter: {expr: "cpu > 1 && host.startsWith('db')"}}]"#)).is_empty()
+        );
+        assert!(
+            check_pipeline(&pipeline(r#"[{filter: {expr: "flag"}}]"#)).is_empty(),
+            "a JSON field's type is only known per record"
         );
     }
 }

@@ -15,7 +15,6 @@ use vigil_crds::Pipeline;
 use vigil_e2e::node::{diagnostics, install_vigil};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
 
-
 async fn restarts(pods: &Api<Pod>) -> HashMap<String, i32> {
     let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=runner")).await.unwrap();
     list.items

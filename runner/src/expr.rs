@@ -493,6 +493,12 @@ fn call(f: Func, a: &[Cow<'_, Value>]) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_functions_are_the_ones_validate_and_the_operator_know() {
+        let ours: Vec<(&str, Option<usize>)> = FUNCS.iter().map(|(n, _, a)| (*n, *a)).collect();
+        assert_eq!(ours, vigil_crds::expr::FUNCTIONS, "runner and crds disagree on functions or arity");
+    }
     use crate::codec::json;
 
     fn run(expr: &str, record: &str) -> Result<Value, String> {
