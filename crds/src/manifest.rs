@@ -23,6 +23,16 @@ pub enum Manifest {
     Pipeline(Box<Pipeline>),
     /// A `Model`.
     Model(Box<Model>),
+    /// Something that is not a Vigil resource (another API group: a
+    /// ConfigMap, an Argo CD Application beside the examples): not checked.
+    Other {
+        /// `apiVersion` as written.
+        api_version: String,
+        /// `kind` as written.
+        kind: String,
+        /// `metadata.name`.
+        name: String,
+    },
 }
 
 impl Manifest {
@@ -31,6 +41,7 @@ impl Manifest {
         match self {
             Manifest::Pipeline(p) => format!("Pipeline/{}", p.metadata.name.as_deref().unwrap_or("")),
             Manifest::Model(m) => format!("Model/{}", m.metadata.name.as_deref().unwrap_or("")),
+            Manifest::Other { api_version, kind, name } => format!("{kind}/{name} ({api_version})"),
         }
     }
 }
@@ -105,6 +116,12 @@ pub fn from_value(value: Value) -> Result<Manifest, Invalid> {
     let invalid = |errors: Vec<String>| Invalid { kind: kind.clone(), name: name.clone(), errors };
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let expected = format!("{}/{}", crate::GROUP, crate::VERSION);
+    // Another API group is someone else's to check; a Vigil group with a
+    // wrong version (`vigil.dev/v1alpah1`) is refused below.
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if group != crate::GROUP && !api_version.is_empty() {
+        return Ok(Manifest::Other { api_version: api_version.to_string(), kind, name });
+    }
     if api_version != expected {
         return Err(invalid(vec![format!(
             "apiVersion: Unsupported value: {api_version:?}: supported values: {expected:?}"
@@ -213,7 +230,7 @@ pub fn single_pipeline(text: &str) -> Result<Pipeline, Invalid> {
                     errors: vec!["the file holds more than one Pipeline; pass a file with one".into()],
                 });
             }
-            Manifest::Model(_) => {}
+            Manifest::Model(_) | Manifest::Other { .. } => {}
         }
     }
     found.ok_or_else(|| Invalid {

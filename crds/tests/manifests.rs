@@ -124,3 +124,17 @@ spec:
     let err = parse_all(text).remove(0).unwrap_err().to_string();
     assert!(err.contains("unknown field \"spec.input.topic.partitons\""), "{err}");
 }
+
+#[test]
+fn other_api_groups_are_skipped_but_a_wrong_vigil_version_is_refused() {
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: argocd-cm}\n---\napiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: vigil}\n";
+    let docs = parse_all(text);
+    assert_eq!(docs.len(), 2);
+    for d in &docs {
+        assert!(matches!(d, Ok(Manifest::Other { .. })), "{d:?}");
+    }
+    assert_eq!(docs[1].as_ref().unwrap().describe(), "Application/vigil (argoproj.io/v1alpha1)");
+    let typo = "apiVersion: vigil.dev/v1alpah1\nkind: Pipeline\nmetadata: {name: p}\nspec: {}\n";
+    let err = parse_all(typo).remove(0).unwrap_err().to_string();
+    assert!(err.contains("apiVersion: Unsupported value: \"vigil.dev/v1alpah1\""), "{err}");
+}

@@ -16,6 +16,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             Manifest::Model(m) => {
                 let _ = vigil_crds::semantic::check_model(&m.spec);
             }
+            Manifest::Other { .. } => {}
         }
     }
 });

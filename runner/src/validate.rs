@@ -31,6 +31,9 @@ fn validate_file(file: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
     let mut invalid = 0;
     for doc in parse_all(&text) {
         match doc {
+            Ok(m @ vigil_crds::manifest::Manifest::Other { .. }) => {
+                writeln!(out, "{}: {} is not a Vigil resource; skipped", file.display(), m.describe())?;
+            }
             Ok(m) => writeln!(out, "{}: {} is valid", file.display(), m.describe())?,
             Err(e) => {
                 invalid += 1;
