@@ -14,9 +14,13 @@ the same digest.
 
 usage: image.py --dockerfile runner/Dockerfile --binary target/debug/vigil \\
                 --name vigil-runner --tag dev --out DIR/vigil-runner.tar
+       image.py --binary pause --install-path /pause --entrypoint '["/pause"]' \\
+                --user 65535:65535 --name pause --tag 1 --out DIR/pause.tar
+                (no Dockerfile: the harness's pod sandbox image)
 Prints the archive path, the image reference and the manifest digest.
 """
 import argparse
+import datetime
 import gzip
 import hashlib
 import io
@@ -121,7 +125,10 @@ class Layer:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dockerfile", required=True)
+    ap.add_argument("--dockerfile", help="read user, ports, entrypoint, command and install path from it")
+    ap.add_argument("--install-path", help="without --dockerfile: where the binary goes")
+    ap.add_argument("--entrypoint", help="without --dockerfile: a JSON list")
+    ap.add_argument("--user", help="without --dockerfile")
     ap.add_argument("--binary", required=True)
     ap.add_argument("--name", required=True, help="image name, e.g. vigil-runner")
     ap.add_argument("--tag", default="dev")
@@ -132,9 +139,14 @@ def main():
     a = ap.parse_args()
 
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    created = __import__("datetime").datetime.fromtimestamp(epoch, __import__("datetime").timezone.utc)
-    created = created.strftime("%Y-%m-%dT%H:%M:%SZ")
-    stage = dockerfile_final_stage(a.dockerfile)
+    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if a.dockerfile:
+        stage = dockerfile_final_stage(a.dockerfile)
+    elif a.install_path and a.entrypoint and a.user:
+        stage = {"user": a.user, "expose": [], "entrypoint": json.loads(a.entrypoint), "cmd": None,
+                 "copy_to": a.install_path, "from": "scratch"}
+    else:
+        sys.exit("give --dockerfile, or --install-path, --entrypoint and --user")
 
     layer = Layer(epoch)
     layer.file(stage["copy_to"], open(a.binary, "rb").read(), 0o755)
@@ -183,7 +195,7 @@ def main():
             "Labels": labels,
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created, "created_by": f"e2e/lib/image.py from {a.dockerfile}"}],
+        "history": [{"created": created, "created_by": f"e2e/lib/image.py from {a.dockerfile or 'its arguments'}"}],
     }
     config_digest, config_size = add(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
     manifest = {

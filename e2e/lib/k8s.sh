@@ -52,15 +52,29 @@ build() {
   fi
 }
 
-# Certificates: a CA, the apiserver's serving certificate for 127.0.0.1 and
-# localhost, an admin client certificate (group system:masters), and the
-# service-account signing key. Generated once per state dir.
+# Names the API server's certificate holds: loopback for host clients, the
+# node IP and the `kubernetes` Service for pods (node mode).
+APISERVER_EXT='subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.0.0.1,IP:10.250.0.1\nextendedKeyUsage=serverAuth\n'
+
+# sign_client NAME SUBJECT: a client certificate NAME.{crt,key} signed by
+# the harness CA (once).
+sign_client() {
+  [[ -f $PKI/$1.crt ]] && return
+  (cd "$PKI" && openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null \
+    && printf 'extendedKeyUsage=clientAuth\n' > client.ext \
+    && openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out "$1.crt" 2>/dev/null)
+}
+
+# Certificates: a CA, the apiserver's serving certificate, an admin client
+# certificate (group system:masters), and the service-account signing key.
+# Generated once per state dir.
 certs() {
   if [[ -f $PKI/admin.crt ]]; then
     # State from before node mode: the serving certificate lacks the node IP.
     if ! openssl x509 -in "$PKI/apiserver.crt" -noout -text | grep -q 'IP Address:10.250.0.1'; then
       log "re-issuing the API server's certificate for the node IP"
-      (cd "$PKI" && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.0.0.1,IP:10.250.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext \
+      (cd "$PKI" && printf "$APISERVER_EXT" > apiserver.ext \
         && openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
           -extfile apiserver.ext -out apiserver.crt 2>/dev/null)
       stop_pid "$DIR/controller-manager.pid" kube-controller-manager
@@ -75,17 +89,13 @@ certs() {
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
       -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default,DNS:kubernetes,IP:10.0.0.1,IP:10.250.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+    printf "$APISERVER_EXT" > apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=vigil-e2e-admin" \
-      -keyout admin.key -out admin.csr 2>/dev/null
-    printf 'extendedKeyUsage=clientAuth\n' > client.ext
-    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile client.ext -out admin.crt 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
+  sign_client admin "/O=system:masters/CN=vigil-e2e-admin"
 }
 
 kubeconfig() {
@@ -108,6 +118,15 @@ contexts:
   context: {cluster: vigil-e2e, user: $user}
 current-context: vigil-e2e
 KC
+}
+
+# client NAME SUBJECT USER OUT: a kubeconfig for another client of the
+# running API server (the node's kubelet, scheduler, kube-proxy), with a
+# certificate of its own.
+client() {
+  sign_client "$1" "$2"
+  local server; server=$(sed -n 's#^ *server: https://##p' "$DIR/kubeconfig")
+  kubeconfig "${server%:*}" "${server##*:}" "$4" "$PKI/$1.crt" "$PKI/$1.key" "$3"
 }
 
 # The mode asked for: node when VIGIL_NODE_IP is set, or when a node runs
@@ -216,5 +235,6 @@ case "${1:-}" in
   stop) stop ;;
   wipe) stop; rm -rf "$DIR" ;;
   kubeconfig) echo "$DIR/kubeconfig" ;;
-  *) echo "usage: $0 build|start|stop|wipe|kubeconfig" >&2; exit 2 ;;
+  client) shift; client "$@" ;;
+  *) echo "usage: $0 build|start|stop|wipe|kubeconfig|client NAME SUBJECT USER OUT" >&2; exit 2 ;;
 esac

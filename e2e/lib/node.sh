@@ -94,37 +94,6 @@ build() {
   fi
 }
 
-# Client certificates of the node's components, signed by the harness CA.
-certs() {
-  local name subj
-  for pair in "kubelet:/O=system:nodes/CN=system:node:$NODE_NAME" "kube-proxy:/CN=system:kube-proxy" \
-    "kube-scheduler:/CN=system:kube-scheduler"; do
-    name=${pair%%:*}; subj=${pair#*:}
-    [[ -f $PKI/$name.crt ]] && continue
-    (cd "$PKI" && openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$name.key" -out "$name.csr" 2>/dev/null \
-      && openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-        -extfile client.ext -out "$name.crt" 2>/dev/null)
-  done
-}
-
-kubeconfig_for() { # out cert key user
-  local server; server=$(grep -o 'server: .*' "$K8S_DIR/kubeconfig" | cut -d' ' -f2)
-  cat > "$1" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: vigil-e2e
-  cluster: {server: "$server", certificate-authority: $PKI/ca.crt}
-users:
-- name: $4
-  user: {client-certificate: $2, client-key: $3}
-contexts:
-- name: vigil-e2e
-  context: {cluster: vigil-e2e, user: $4}
-current-context: vigil-e2e
-KC
-}
-
 launch() { # name cmd...: start in the background unless running
   local name=$1; shift
   pid_alive "$DIR/$name.pid" && return 0
@@ -224,32 +193,8 @@ YAML
 import_images() {
   local dir="$VIGIL_STATE/images"
   if [[ ! -f $dir/pause.tar ]]; then
-    local root; root=$(mktemp -d)
-    cp "$PAUSE" "$root/pause"
-    (cd "$root" && tar --owner=0 --group=0 --mtime=@0 -cf layer.tar pause)
-    python3 - "$root/layer.tar" "$dir/pause.tar" "$PAUSE_IMAGE" <<'PY'
-import gzip, hashlib, io, json, sys, tarfile
-layer, out, ref = open(sys.argv[1], "rb").read(), sys.argv[2], sys.argv[3]
-blobs = {}
-def add(b):
-    d = hashlib.sha256(b).hexdigest(); blobs[d] = b; return "sha256:" + d, len(b)
-buf = io.BytesIO()
-with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as g: g.write(layer)
-ld, ln = add(buf.getvalue())
-cd, cn = add(json.dumps({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode())
-md, mn = add(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ln}]}).encode())
-index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
-    "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1]}}]}
-with tarfile.open(out, "w") as t:
-    def put(n, b):
-        ti = tarfile.TarInfo(n); ti.size = len(b); t.addfile(ti, io.BytesIO(b))
-    put("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'); put("index.json", json.dumps(index).encode())
-    for d, b in blobs.items(): put("blobs/sha256/" + d, b)
-PY
-    rm -rf "$root"
+    python3 "$E2E_DIR/lib/image.py" --binary "$PAUSE" --install-path /pause --entrypoint '["/pause"]' \
+      --user 65535:65535 --name pause --tag 1 --out "$dir/pause.tar" >/dev/null
   fi
   local tar
   for tar in "$dir"/*.tar; do
@@ -273,11 +218,11 @@ start() {
   # without it): both reachable from pods on the node IP.
   VIGIL_NODE_IP=$NODE_IP "$E2E_DIR/lib/kafka.sh" start
   VIGIL_NODE_IP=$NODE_IP "$E2E_DIR/lib/k8s.sh" start
-  certs
   write_configs
-  kubeconfig_for "$DIR/kubelet.kubeconfig" "$PKI/kubelet.crt" "$PKI/kubelet.key" "system:node:$NODE_NAME"
-  kubeconfig_for "$DIR/scheduler.kubeconfig" "$PKI/kube-scheduler.crt" "$PKI/kube-scheduler.key" system:kube-scheduler
-  kubeconfig_for "$DIR/proxy.kubeconfig" "$PKI/kube-proxy.crt" "$PKI/kube-proxy.key" system:kube-proxy
+  local k8s="$E2E_DIR/lib/k8s.sh"
+  "$k8s" client kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "system:node:$NODE_NAME" "$DIR/kubelet.kubeconfig"
+  "$k8s" client kube-scheduler /CN=system:kube-scheduler system:kube-scheduler "$DIR/scheduler.kubeconfig"
+  "$k8s" client kube-proxy /CN=system:kube-proxy system:kube-proxy "$DIR/proxy.kubeconfig"
 
   launch containerd "$CONTAINERD_DIR/containerd" --config "$DIR/containerd/config.toml"
   wait_for 30 containerd ctr_ version || { tail -n 30 "$DIR/logs/containerd.log" >&2; die "containerd did not start"; }
