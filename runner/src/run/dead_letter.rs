@@ -55,6 +55,22 @@ pub fn reason(text: &str) -> String {
     format!("{}... ({} bytes, cut)", cut_str(text, MAX_REASON_BYTES), text.len())
 }
 
+/// The `vigil.*` headers every dead letter carries: the stage that refused
+/// the record, why (cut to [`MAX_REASON_BYTES`]), and where it came from
+/// (partition and offset when known).
+pub fn context(stage: &str, why: &str, topic: &str, source: Option<(i32, i64)>) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("vigil.stage".to_string(), stage.to_string()),
+        ("vigil.reason".to_string(), reason(why)),
+        ("vigil.source.topic".to_string(), topic.to_string()),
+    ];
+    if let Some((partition, offset)) = source {
+        headers.push(("vigil.source.partition".to_string(), partition.to_string()));
+        headers.push(("vigil.source.offset".to_string(), offset.to_string()));
+    }
+    headers
+}
+
 /// A dead letter sized to fit: the payload and key (possibly cut), whether
 /// the input's headers are kept, and the headers to add.
 #[derive(Debug, Clone, PartialEq)]

@@ -448,19 +448,12 @@ impl Shared {
                 ));
             }
             warn!(topic = %f.topic, error = %f.error, record = ?record, "The broker refused a scored record; sending its input to the dead-letter topic");
-            let source = record.as_ref().map(|r| (r.partition.to_string(), r.offset.to_string()));
-            let mut vigil = vec![
-                ("vigil.stage".to_string(), "produce".to_string()),
-                (
-                    "vigil.reason".to_string(),
-                    dead_letter::reason(&format!("the output topic refused the scored record: {}", f.error)),
-                ),
-                ("vigil.source.topic".to_string(), self.input.clone()),
-            ];
-            if let Some((p, o)) = source {
-                vigil.push(("vigil.source.partition".into(), p));
-                vigil.push(("vigil.source.offset".into(), o));
-            }
+            let vigil = dead_letter::context(
+                "produce",
+                &format!("the output topic refused the scored record: {}", f.error),
+                &self.input,
+                record.as_ref().map(|r| (r.partition, r.offset)),
+            );
             dead_letter::fit(
                 self.dead_letter_limit.load(Ordering::Relaxed),
                 &f.payload,
@@ -662,6 +655,9 @@ pub fn run(opts: Options) -> Result<()> {
                 shared.metrics.stalled.set(1);
                 shared.metrics.stalls.inc();
                 shared.ready.store(false, Ordering::Relaxed);
+                // The retired consumer keeps its partitions while the runner
+                // waits (another replica would hit the same failure); it is
+                // closed once a fresh one joins.
                 consumer.context().retired.store(true, Ordering::Relaxed);
                 forget_everything(&shared);
                 if shared.mode == Delivery::AtLeastOnce {
@@ -1077,13 +1073,7 @@ fn send_dead_letter(
     shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: stage.to_string() }).inc();
     let input: Vec<(&str, Option<&[u8]>)> =
         m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-    let vigil = vec![
-        ("vigil.stage".to_string(), stage.to_string()),
-        ("vigil.reason".to_string(), dead_letter::reason(reason)),
-        ("vigil.source.topic".to_string(), m.topic().to_string()),
-        ("vigil.source.partition".to_string(), m.partition().to_string()),
-        ("vigil.source.offset".to_string(), m.offset().to_string()),
-    ];
+    let vigil = dead_letter::context(stage, reason, m.topic(), Some((m.partition(), m.offset())));
     let payload = m.payload().unwrap_or_default();
     let mut limit = shared.dead_letter_limit.load(Ordering::Relaxed);
     loop {
