@@ -21,6 +21,7 @@ crds:
 	cargo run -q -p vigil-operator -- crd --out-dir crds
 	cargo run -q -p vigil-operator -- crd --out-dir helm/vigil/files/crds
 	cargo run -q -p vigil-operator -- rbac --rules-only > helm/vigil/files/rbac-rules.yaml
+	cargo run -q -p vigil-operator -- rbac --rules-only --namespaced > helm/vigil/files/rbac-namespace-rules.yaml
 
 # OCI image archives of the operator and runner (release build), no Docker.
 images:

@@ -31,23 +31,24 @@ impl Fields {
     }
 
     fn check(&self, field: &str, path: &str, errors: &mut Vec<String>) {
+        if let Some(why) = self.problem(field) {
+            errors.push(format!("{path}: Invalid value: \"{field}\": {why}"));
+        }
+    }
+
+    /// Why `field` is not available here, if it is not.
+    fn problem(&self, field: &str) -> Option<String> {
         if let Some((_, by)) = self.removed.iter().rev().find(|(f, _)| f == field) {
             if self.known.as_ref().is_none_or(|k| !k.contains(field)) {
-                errors.push(format!(
-                    "{path}: Invalid value: \"{field}\": field was removed by {by} and is not produced again"
-                ));
-                return;
+                return Some(format!("field was removed by {by} and is not produced again"));
             }
         }
-        if let Some(known) = &self.known {
-            if !known.contains(field) {
-                let have: Vec<&str> = known.iter().map(String::as_str).collect();
-                errors.push(format!(
-                    "{path}: Invalid value: \"{field}\": no such field at this point (available: {})",
-                    have.join(", ")
-                ));
-            }
+        let known = self.known.as_ref()?;
+        if known.contains(field) {
+            return None;
         }
+        let have: Vec<&str> = known.iter().map(String::as_str).collect();
+        Some(format!("no such field at this point (available: {})", have.join(", ")))
     }
 
     fn add(&mut self, field: impl Into<String>) {
@@ -248,6 +249,29 @@ fn window_durations(w: &crate::transform::WindowSpec, at: &str, errors: &mut Vec
             crate::transform::MAX_WINDOWS_PER_RECORD
         ));
     }
+}
+
+/// Errors of a Pipeline whose detector scores with the Model `name`: the
+/// Model's own transforms run on what the Pipeline's transforms produce, and
+/// then every feature the Model reads must be there. Reported at
+/// `spec.detector.modelRef`, naming the Model's field.
+pub fn check_model_ref(spec: &PipelineSpec, name: &str, model: &ModelSpec) -> Vec<String> {
+    // The Pipeline's own problems are check_pipeline's to report.
+    let mut own = Vec::new();
+    let after =
+        walk(&spec.transforms, Fields::from_encoding(&spec.input.encoding), "spec.transforms", &mut own);
+    let mut theirs = Vec::new();
+    let after = walk(&model.transforms, after, "spec.transforms", &mut theirs);
+    let at = format!("spec.detector.modelRef: Invalid value: {name:?}");
+    let mut errors: Vec<String> = theirs.into_iter().map(|e| format!("{at}: in Model {name}, {e}")).collect();
+    for (i, f) in model.features.iter().enumerate() {
+        if let Some(why) = after.problem(f) {
+            errors.push(format!(
+                "{at}: Model {name} reads feature {f:?} (its spec.features[{i}]), which this Pipeline does not produce: {why}"
+            ));
+        }
+    }
+    errors
 }
 
 /// Field-flow errors of a Model spec.

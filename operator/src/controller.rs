@@ -40,6 +40,8 @@ pub struct Options {
     pub lease: Option<(String, String)>,
     /// This replica's name (the pod name).
     pub identity: String,
+    /// Serve the admission webhook (on every replica, leader or not).
+    pub webhook: Option<crate::webhook::Options>,
 }
 
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -59,6 +61,13 @@ where
 pub async fn run(opts: Options, client: Client) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(crate::metrics::serve(opts.listen, metrics.clone()));
+    let webhook = async {
+        match opts.webhook.clone() {
+            Some(w) => crate::webhook::serve(w, client.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(webhook);
     // A standby replica is healthy and ready; only the leader reconciles.
     metrics.ready.store(true, Ordering::Relaxed);
 
@@ -68,6 +77,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         tokio::select! {
             () = e.acquire() => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            r = &mut webhook => return r.context("admission webhook"),
         }
     }
     metrics.leader.set(1);
@@ -134,6 +144,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
             error!(reason = %why, "Lost leadership; stopping so a standby can take over");
             bail!(why);
         }
+        r = &mut webhook => return r.context("admission webhook"),
         r = server => {
             r.context("metrics server task")?.context("metrics server")?;
         }
@@ -143,9 +154,9 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
 }
 
 /// Aborts a task when dropped (when `run` returns, for any reason).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod rbac;
+pub mod webhook;
 
 /// Lock a mutex, taking over one a panicking thread left poisoned: the
 /// operator's shared maps stay usable (each update is a single insert or

@@ -39,9 +39,17 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("", &["secrets"], &["get"]),
         // Events on Pipelines.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
+        // The admission webhook's caBundle is kept current.
+        rule("admissionregistration.k8s.io", &["validatingwebhookconfigurations"], &["get", "update"]),
         // Leader election.
         rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
     ]
+}
+
+/// What the operator needs in its own namespace only: the admission
+/// webhook's certificate Secret is issued and renewed there.
+pub fn namespace_rules() -> Vec<PolicyRule> {
+    vec![rule("", &["secrets"], &["get", "create", "update"])]
 }
 
 /// The ClusterRole named `name`.

@@ -161,6 +161,35 @@ async fn real_node_helm_test_upgrade_and_uninstall() {
     // serves (keeps) the new field afterwards.
     let ns = TestNamespace::create(&client, "helm-up").await.unwrap();
     let work = tempfile::tempdir().unwrap();
+
+    // The chart's admission webhook, served by the operator pods behind its
+    // Service with the certificate they issued, refuses what the runner would
+    // refuse at start.
+    let bad = work.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  input: {{topic: {{name: {ns}-in}}}}\n  transforms: [{{filter: {{expr: \"avg(cpu) > 1\"}}}}]\n  detector: {{algorithm: robustZ, features: [cpu]}}\n  output: {{name: {ns}-out}}\n  deadLetter: {{name: {ns}-dlq}}\n",
+            ns = ns.name
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubectl(&["apply", "--dry-run=server", "-f", bad.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() && text.contains("denied the request") {
+            assert!(text.contains("unknown function avg()"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook did not refuse an unknown function within 60 s: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            diagnostics(VIGIL_NAMESPACE)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let changed = work.path().join("vigil");
     copy_dir(&chart(), &changed);
     let crd_file = changed.join("files/crds/pipeline.yaml");
@@ -234,7 +263,25 @@ spec:
             "-o",
             "name",
         ]);
-        let left = String::from_utf8_lossy(&deploys.stdout).trim().to_string();
+        // The webhook's certificate Secret, which the operator wrote, goes
+        // with the webhook configuration that owns it.
+        let webhook_secret = kubectl(&[
+            "get",
+            "secrets",
+            "-n",
+            VIGIL_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=webhook",
+            "-o",
+            "name",
+        ]);
+        let left = format!(
+            "{} {}",
+            String::from_utf8_lossy(&deploys.stdout).trim(),
+            String::from_utf8_lossy(&webhook_secret.stdout).trim()
+        )
+        .trim()
+        .to_string();
         if left_roles == 0 && left_sas == 0 && left.is_empty() {
             break;
         }

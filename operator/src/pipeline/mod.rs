@@ -197,14 +197,17 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     if let Some(model_ref) = &p.spec.detector.model_ref {
         let models: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
         obs.model = Some(match models.get_opt(&model_ref.name).await {
-            Ok(Some(_)) => (
-                false,
-                "ModelServingNotSupported".into(),
-                format!(
-                    "Model {} exists, but this version of the runner does not serve trained models yet",
-                    model_ref.name
+            Ok(Some(m)) => match vigil_crds::semantic::check_model_ref(&p.spec, &model_ref.name, &m.spec) {
+                errors if !errors.is_empty() => (false, "ModelFeaturesNotProduced".into(), errors.join("; ")),
+                _ => (
+                    false,
+                    "ModelServingNotSupported".into(),
+                    format!(
+                        "Model {} exists, but this version of the runner does not serve trained models yet",
+                        model_ref.name
+                    ),
                 ),
-            ),
+            },
             Ok(None) => (false, "ModelNotFound".into(), format!("Model {} does not exist", model_ref.name)),
             Err(e) => {
                 (false, "ModelUnreadable".into(), format!("Model {} could not be read: {e}", model_ref.name))

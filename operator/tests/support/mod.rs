@@ -42,6 +42,7 @@ impl Operator {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             lease,
             identity: format!("test-{port}"),
+            webhook: None,
         };
         Operator { handle: tokio::spawn(vigil_operator::controller::run(opts, client)), port }
     }
