@@ -76,7 +76,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     if let Some(e) = &elector {
         tokio::select! {
             () = e.acquire() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = shutdown_signal() => return Ok(()),
             r = &mut webhook => return r.context("admission webhook"),
         }
     }
@@ -138,7 +138,12 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         }
     };
     tokio::select! {
-        () = controller => info!("Controller stopped"),
+        () = controller => {
+            info!("Controller stopped");
+            if let Some(e) = &elector {
+                e.release().await;
+            }
+        }
         why = lost => {
             metrics.leader.set(0);
             error!(reason = %why, "Lost leadership; stopping so a standby can take over");
@@ -151,6 +156,21 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C. A standby replica waiting
+/// for the lease must stop on it at once, not when the grace period ends.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Aborts a task when dropped (when `run` returns, for any reason).

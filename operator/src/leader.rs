@@ -107,6 +107,24 @@ impl Elector {
         }
     }
 
+    /// Give the Lease up on a clean shutdown, so a standby takes over at
+    /// once instead of after `LEASE_DURATION` (client-go's ReleaseOnCancel):
+    /// it is marked expired, still naming this holder, and only if this
+    /// process holds it.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
+        let Some(spec) = lease.spec.as_mut() else { return };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::UNIX_EPOCH));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => info!(lease = %self.name, "Released the leader lease"),
+            Err(e) => warn!(error = %e, lease = %self.name, "Could not release the leader lease"),
+        }
+    }
+
     /// Renew until the Lease is lost, or renewals have failed for so long
     /// that another replica may already have taken it; returns why.
     pub async fn hold(&self) -> String {

@@ -144,12 +144,17 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
 
     // Pod security, from the running processes: not root, no capabilities,
     // no privilege escalation, a read-only root filesystem.
-    let runners = processes("/usr/local/bin/vigil", "run");
-    let operators = processes("/usr/local/bin/vigil-operator", "run");
-    assert!(
-        !runners.is_empty() && operators.len() == 2,
-        "runner {runners:?}, operator {operators:?} processes"
-    );
+    // Replicas of an earlier release may still be shutting down.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (runners, operators) = loop {
+        let runners = processes("/usr/local/bin/vigil", "run");
+        let operators = processes("/usr/local/bin/vigil-operator", "run");
+        if !runners.is_empty() && operators.len() == 2 {
+            break (runners, operators);
+        }
+        assert!(Instant::now() < deadline, "runner {runners:?}, operator {operators:?} processes");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     for pid in runners.iter().chain(&operators) {
         let st = proc_status(*pid);
         assert!(st["Uid"].split_whitespace().all(|u| u == "65532"), "pid {pid} uid {}", st["Uid"]);

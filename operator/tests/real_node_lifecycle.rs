@@ -187,7 +187,14 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let client = kube_client().await.unwrap();
     let ns = TestNamespace::create(&client, "node-failover").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), VIGIL_NAMESPACE);
-    let holder = || async { leases.get("vigil-operator").await.ok()?.spec?.holder_identity };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), VIGIL_NAMESPACE);
+    // A holder that is a running pod: the Lease may still name a replica of
+    // an earlier install until it expires.
+    let holder = || async {
+        let name = leases.get("vigil-operator").await.ok()?.spec?.holder_identity?;
+        pods.get_opt(&name).await.ok()??;
+        Some(name)
+    };
     let leader = wait_for("a leader", VIGIL_NAMESPACE, Duration::from_secs(60), holder).await;
 
     // Five Pipelines, and the leader killed while it reconciles them.
@@ -195,7 +202,6 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let base = unique_name("fo");
     let yaml: String = names.iter().map(|n| pipeline(n, &format!("{base}-{n}"), 1, 0.9) + "---\n").collect();
     apply(&ns.name, &yaml);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), VIGIL_NAMESPACE);
     pods.delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
         .await
         .unwrap();
