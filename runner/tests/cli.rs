@@ -112,6 +112,40 @@ fn validate_accepts_the_examples_and_refuses_invalid_manifests_with_exit_code_1(
 }
 
 #[test]
+fn validate_given_a_pipeline_and_its_model_checks_the_model_features_are_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.yaml");
+    std::fs::write(
+        &model,
+        "apiVersion: vigil.dev/v1alpha1\nkind: Model\nmetadata: {name: usage}\nspec:\n  algorithm: kMeans\n  features: [cpu, mem]\n  training: {file: train.csv}\n",
+    )
+    .unwrap();
+    let pipeline = |transforms: &str| {
+        format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: p}}\nspec:\n  input: {{topic: {{name: in}}}}\n  transforms: {transforms}\n  detector: {{modelRef: {{name: usage}}}}\n  output: {{name: out}}\n  deadLetter: {{name: dlq}}\n"
+        )
+    };
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, pipeline("[{drop: {fields: [mem]}}]")).unwrap();
+    let out = vigil(&["validate", bad.to_str().unwrap(), model.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(
+            "spec.detector.modelRef: Invalid value: \"usage\": Model usage reads feature \"mem\" (its spec.features[1]), which this Pipeline does not produce: field was removed by spec.transforms[0] (drop)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    // Alone, the Pipeline cannot be checked against the Model, and passes.
+    let out = vigil(&["validate", bad.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, pipeline("[]")).unwrap();
+    let out = vigil(&["validate", good.to_str().unwrap(), model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
 fn local_refuses_a_manifest_that_does_not_validate() {
     let out = vigil(&[
         "local",
