@@ -239,3 +239,26 @@ pub fn single_pipeline(text: &str) -> Result<Pipeline, Invalid> {
         errors: vec!["the file holds no Pipeline".into()],
     })
 }
+
+/// The one Model in a manifest file (`vigil train`).
+pub fn single_model(text: &str) -> Result<Model, Invalid> {
+    let mut found = None;
+    for doc in parse_all(text) {
+        match doc? {
+            Manifest::Model(m) if found.is_none() => found = Some(*m),
+            Manifest::Model(m) => {
+                return Err(Invalid {
+                    kind: "Model".into(),
+                    name: m.metadata.name.unwrap_or_default(),
+                    errors: vec!["the file holds more than one Model; pass a file with one".into()],
+                });
+            }
+            Manifest::Pipeline(_) | Manifest::Other { .. } => {}
+        }
+    }
+    found.ok_or_else(|| Invalid {
+        kind: "Model".into(),
+        name: String::new(),
+        errors: vec!["the file holds no Model".into()],
+    })
+}

@@ -59,6 +59,37 @@ pub enum Command {
         /// Print every scored record to stdout, not only anomalies.
         #[arg(long, conflicts_with = "output")]
         all: bool,
+        /// The artifact of the Model a `detector.modelRef` names:
+        /// NAME=FILE (written by `vigil train`). Repeatable.
+        #[arg(long = "model", value_name = "NAME=ARTIFACT")]
+        models: Vec<String>,
+    },
+    /// Train a Model: read its training data (the spec's file or topic, or
+    /// --input), apply its transforms, fit, calibrate the threshold, and
+    /// write an immutable versioned artifact into --output.
+    Train {
+        /// The Model manifest.
+        model: PathBuf,
+        /// Train on this file (CSV with a header, or JSON lines) instead of
+        /// the spec's source.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// Input format, when the file name does not say.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Directory of the Model's artifacts.
+        #[arg(long, short, env = "VIGIL_MODEL_DIR", default_value = "models")]
+        output: PathBuf,
+        /// Version to write; default: one above the newest in --output.
+        #[arg(long)]
+        version: Option<i64>,
+        /// Kafka bootstrap servers for a topic source; overrides
+        /// spec.training.kafka.bootstrapServers.
+        #[arg(long, env = "VIGIL_KAFKA_BOOTSTRAP")]
+        bootstrap_servers: Option<String>,
+        /// A directory with one file per Kafka client setting.
+        #[arg(long, env = "VIGIL_KAFKA_SECRET_DIR")]
+        kafka_secret_dir: Option<PathBuf>,
     },
     /// Score a detector on a labelled corpus in the NAB layout (data/**/*.csv
     /// with timestamp,value; labels/combined_windows.json): NAB standard,
@@ -174,7 +205,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Local { pipeline, input, format, output, dead_letter, all } => {
+        Command::Train { model, input, format, output, version, bootstrap_servers, kafka_secret_dir } => {
+            let text = std::fs::read_to_string(&model)
+                .with_context(|| format!("cannot read {}", model.display()))?;
+            let model = vigil_crds::manifest::single_model(&text)?;
+            let opts = crate::models::train::Options {
+                input,
+                format: format.map(Into::into),
+                output,
+                version,
+                bootstrap: bootstrap_servers,
+                kafka_secret_dir,
+            };
+            crate::models::train::train(&model, &opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Local { pipeline, input, format, output, dead_letter, all, models } => {
             let (text, input) = match (&pipeline, input) {
                 (Some(p), input) => {
                     let text =
@@ -195,8 +241,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let pipeline = vigil_crds::manifest::single_pipeline(&text)?;
-            let opts =
-                crate::local::Options { input, format: format.map(Into::into), output, dead_letter, all };
+            let models = models
+                .iter()
+                .map(|m| {
+                    let (name, path) = m
+                        .split_once('=')
+                        .with_context(|| format!("--model {m}: expected NAME=ARTIFACT, e.g. sensor-kmeans=models/sensor-kmeans-v1.vmodel"))?;
+                    Ok((name.to_string(), PathBuf::from(path)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = crate::local::Options {
+                input,
+                format: format.map(Into::into),
+                output,
+                dead_letter,
+                all,
+                models,
+            };
             crate::local::run(&pipeline, &opts)?;
             Ok(ExitCode::SUCCESS)
         }

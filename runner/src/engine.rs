@@ -6,7 +6,10 @@ use vigil_crds::{PipelineSpec, RecordFormat};
 
 use crate::codec::json::write_fields;
 use crate::codec::{Decoder, Meta};
+use std::sync::Arc;
+
 use crate::detectors::{DetectorStage, Scored};
+use crate::models::Model;
 use crate::record::{Interner, Record};
 use crate::transforms::{self, BuildCtx, Ctx, Transform};
 
@@ -32,6 +35,8 @@ pub struct Emitted<'a> {
     pub score: Option<f64>,
     /// Whether it is flagged.
     pub is_anomaly: bool,
+    /// The record itself (fields as typed values).
+    pub record: &'a Record,
 }
 
 /// What processing one input produced, in order.
@@ -59,12 +64,17 @@ pub struct Counts {
     pub filtered: u64,
 }
 
+/// Transforms to build: where errors point, the prefix of stage names in
+/// dead letters, and the transforms.
+type Step<'a> = (&'a str, &'a str, &'a [vigil_crds::Transform]);
+
 /// One pipeline's processing state.
 pub struct Engine {
     interner: Interner,
     decoder: Decoder,
     stages: Vec<(String, Box<dyn Transform>)>,
-    detector: DetectorStage,
+    /// `None` for a transform-only engine (training data).
+    detector: Option<DetectorStage>,
     rec: Record,
     bufs: [Vec<Record>; 2],
     out: Vec<u8>,
@@ -73,31 +83,74 @@ pub struct Engine {
 
 impl Engine {
     /// Build from a spec. `format` and `columns` override the spec's input
-    /// encoding (a file's extension and header in local mode).
+    /// encoding (a file's extension and header in local mode). A spec whose
+    /// detector is a `modelRef` needs `with_model`.
     pub fn new(
         spec: &PipelineSpec,
         format: Option<RecordFormat>,
         columns: Option<&[String]>,
     ) -> Result<Self, String> {
+        Self::with_model(spec, format, columns, None)
+    }
+
+    /// Build from a spec whose detector scores with `model` (the Model's
+    /// transforms run after the Pipeline's).
+    pub fn with_model(
+        spec: &PipelineSpec,
+        format: Option<RecordFormat>,
+        columns: Option<&[String]>,
+        model: Option<Arc<Model>>,
+    ) -> Result<Self, String> {
+        let max_keys = usize::try_from(spec.detector.max_keys).unwrap_or(1);
+        let mut steps: Vec<Step> = vec![("spec.", "", &spec.transforms)];
+        let model_prefix = model.as_ref().map(|m| format!("Model {} spec.", m.artifact.metadata.model));
+        if let (Some(m), Some(prefix)) = (&model, &model_prefix) {
+            steps.push((prefix, "model.", &m.artifact.metadata.transforms));
+        }
+        let mut engine = Self::build(&spec.input.encoding, format, columns, &steps, max_keys)?;
+        let detector = match model {
+            Some(m) => DetectorStage::for_model(&spec.detector, m, &mut engine.interner),
+            None => DetectorStage::new(&spec.detector, &mut engine.interner),
+        };
+        engine.detector = Some(detector.map_err(|e| format!("spec.detector: {e}"))?);
+        Ok(engine)
+    }
+
+    /// An engine that decodes and transforms but does not score: every
+    /// record that comes through is emitted as it is (training data).
+    pub fn transform_only(
+        encoding: &vigil_crds::RecordEncoding,
+        format: RecordFormat,
+        columns: Option<&[String]>,
+        transforms: &[vigil_crds::Transform],
+    ) -> Result<Self, String> {
+        Self::build(encoding, Some(format), columns, &[("spec.", "", transforms)], 10_000)
+    }
+
+    fn build(
+        enc: &vigil_crds::RecordEncoding,
+        format: Option<RecordFormat>,
+        columns: Option<&[String]>,
+        steps: &[Step<'_>],
+        max_keys: usize,
+    ) -> Result<Self, String> {
         let mut interner = Interner::default();
-        let enc = &spec.input.encoding;
         let decoder = Decoder::new(enc, format.unwrap_or(enc.format), columns, &mut interner)
             .map_err(|e| e.to_string())?;
-        let max_keys = usize::try_from(spec.detector.max_keys).unwrap_or(1);
-        let mut stages = Vec::with_capacity(spec.transforms.len());
-        for (i, t) in spec.transforms.iter().enumerate() {
-            let name = format!("transforms[{i}].{}", transforms::verb(t));
-            let built = transforms::build(t, &mut BuildCtx { interner: &mut interner, max_keys })
-                .map_err(|e| format!("spec.{name}: {e}"))?;
-            stages.push((name, built));
+        let mut stages = Vec::new();
+        for (errors_at, stage_prefix, transforms) in steps {
+            for (i, t) in transforms.iter().enumerate() {
+                let name = format!("transforms[{i}].{}", transforms::verb(t));
+                let built = transforms::build(t, &mut BuildCtx { interner: &mut interner, max_keys })
+                    .map_err(|e| format!("{errors_at}{name}: {e}"))?;
+                stages.push((format!("{stage_prefix}{name}"), built));
+            }
         }
-        let detector =
-            DetectorStage::new(&spec.detector, &mut interner).map_err(|e| format!("spec.detector: {e}"))?;
         Ok(Engine {
             interner,
             decoder,
             stages,
-            detector,
+            detector: None,
             rec: Record::default(),
             bufs: [Vec::new(), Vec::new()],
             out: Vec::with_capacity(512),
@@ -105,9 +158,25 @@ impl Engine {
         })
     }
 
-    /// The detector (name, threshold, features).
-    pub fn detector(&self) -> &DetectorStage {
-        &self.detector
+    /// The detector (name, threshold, features); `None` for a
+    /// transform-only engine.
+    pub fn detector(&self) -> Option<&DetectorStage> {
+        self.detector.as_ref()
+    }
+
+    /// Swap the model a `modelRef` detector scores with (hot reload), between
+    /// two records. Refused when the new version reads other features or
+    /// was trained with other transforms.
+    pub fn swap_model(&mut self, model: Arc<Model>) -> Result<(), String> {
+        match self.detector.as_mut() {
+            Some(d) => d.swap_model(model),
+            None => Err("this engine has no detector".into()),
+        }
+    }
+
+    /// The id of a field name (for readers of emitted records).
+    pub fn intern(&mut self, name: &str) -> Result<crate::record::FieldId, String> {
+        self.interner.intern(name).map_err(|e| e.to_string())
     }
 
     /// What the engine has done so far.
@@ -176,16 +245,34 @@ impl Engine {
     }
 
     fn score_and_emit(&mut self, rec: &Record, sink: &mut impl FnMut(Event<'_>)) {
-        let scored: Scored = match self.detector.score(rec, &self.interner) {
-            Ok(s) => s,
-            Err(reason) => return self.reject("detector".into(), reason, sink),
-        };
         self.out.clear();
         self.out.push(b'{');
-        if write_fields(&mut self.out, &rec.fields, &self.interner) {
+        let wrote = write_fields(&mut self.out, &rec.fields, &self.interner);
+        let Some(detector) = self.detector.as_mut() else {
+            self.out.push(b'}');
+            self.counts.records_out += 1;
+            sink(Event::Output(Emitted {
+                json: &self.out,
+                key: &rec.key,
+                ts_ms: rec.ts_ms,
+                score: None,
+                is_anomaly: false,
+                record: rec,
+            }));
+            return;
+        };
+        let scored: Scored = match detector.score(rec, &self.interner) {
+            Ok(s) => s,
+            Err(reason) => {
+                self.counts.dead_lettered += 1;
+                sink(Event::Rejected(Rejection { stage: "detector".into(), reason }));
+                return;
+            }
+        };
+        if wrote {
             self.out.push(b',');
         }
-        self.detector.write_anomaly(&mut self.out, &scored, self.detector.last_values());
+        detector.write_anomaly(&mut self.out, &scored, detector.last_values());
         self.out.push(b'}');
         self.counts.records_out += 1;
         self.counts.anomalies += scored.is_anomaly as u64;
@@ -195,6 +282,7 @@ impl Engine {
             ts_ms: rec.ts_ms,
             score: scored.score.as_ref().map(|s| s.value),
             is_anomaly: scored.is_anomaly,
+            record: rec,
         }));
     }
 }

@@ -11,6 +11,7 @@ pub mod keyed;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod models;
 pub mod record;
 pub mod run;
 pub mod transforms;

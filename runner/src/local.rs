@@ -34,6 +34,8 @@ pub struct Options {
     pub dead_letter: Option<PathBuf>,
     /// With no `output`, print every record to stdout, not only anomalies.
     pub all: bool,
+    /// Model artifacts by Model name, for a `detector.modelRef`.
+    pub models: Vec<(String, PathBuf)>,
 }
 
 /// The outcome of a local run.
@@ -114,7 +116,29 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
         progress.inc(header.len() as u64 + 1);
         columns = Some(cells);
     }
-    let mut engine = Engine::new(&pipeline.spec, Some(format), columns.as_deref())
+    let model = match &pipeline.spec.detector.model_ref {
+        Some(r) => {
+            let Some((_, path)) = opts.models.iter().find(|(n, _)| *n == r.name) else {
+                bail!(
+                    "pipeline {name}: spec.detector.modelRef names Model {}: pass its artifact with --model {}=FILE (vigil train writes one)",
+                    r.name,
+                    r.name
+                );
+            };
+            let model = crate::models::Model { artifact: crate::models::Artifact::read(path)? };
+            if model.artifact.metadata.model != r.name {
+                bail!(
+                    "{} is an artifact of Model {}, not {}",
+                    path.display(),
+                    model.artifact.metadata.model,
+                    r.name
+                );
+            }
+            Some(std::sync::Arc::new(model))
+        }
+        None => None,
+    };
+    let mut engine = Engine::with_model(&pipeline.spec, Some(format), columns.as_deref(), model)
         .map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
 
     let mut sinks = Sinks { out, dead, only_anomalies, error: None };
@@ -145,14 +169,15 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     let summary = Summary { counts: engine.counts(), elapsed: started.elapsed() };
     let det = engine.detector();
     eprintln!(
-        "{name}: {} records in {:.2} s ({:.0} records/s): {} scored, {} anomalies (detector {}, threshold {}), {} dead-lettered, {} filtered",
+        "{name}: {} records in {:.2} s ({:.0} records/s): {} scored, {} anomalies (detector {}{}, threshold {}), {} dead-lettered, {} filtered",
         summary.counts.records_in,
         summary.elapsed.as_secs_f64(),
         summary.throughput(),
         summary.counts.records_out,
         summary.counts.anomalies,
-        det.name(),
-        det.threshold(),
+        det.map_or("none", |d| d.name()),
+        det.and_then(|d| d.model_version()).map(|v| format!(" v{v}")).unwrap_or_default(),
+        det.map_or(f64::NAN, |d| d.threshold()),
         summary.counts.dead_lettered,
         summary.counts.filtered,
     );
@@ -199,7 +224,9 @@ impl Sinks {
     }
 }
 
-fn progress_bar(size: Option<u64>) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal: bytes for a file over
+/// 1 MiB, a spinner for a stream.
+pub(crate) fn progress_bar(size: Option<u64>) -> ProgressBar {
     let stderr_is_tty = std::io::stderr().is_terminal();
     match size {
         Some(n) if stderr_is_tty && n > 1 << 20 => {

@@ -11,7 +11,11 @@ pub mod likelihood;
 mod robust_z;
 mod seasonal;
 
+use std::sync::Arc;
+
 use vigil_crds::{Algorithm, DetectorParams, DetectorSpec};
+
+use crate::models::Model;
 
 use crate::keyed::Keyed;
 use crate::record::{FieldId, Interner, Record, Value};
@@ -71,6 +75,8 @@ pub struct Scored {
     pub score: Option<Score>,
     /// Whether the score reached the threshold.
     pub is_anomaly: bool,
+    /// The predicted class (supervised models), as JSON.
+    pub class: Option<serde_json::Value>,
 }
 
 /// The detector step of a pipeline.
@@ -81,7 +87,12 @@ pub struct DetectorStage {
     states: Keyed<Box<dyn Scorer>>,
     threshold: f64,
     model_version: Option<i64>,
+    /// A trained model, scored directly (no per-key state).
+    model: Option<Arc<Model>>,
+    /// Whether the threshold was set by the spec (kept across model swaps).
+    threshold_from_spec: bool,
     buf: Vec<f64>,
+    parts: Vec<f64>,
 }
 
 impl DetectorStage {
@@ -93,6 +104,68 @@ impl DetectorStage {
         let params = spec.params.clone().unwrap_or_default();
         let factory = factory(algorithm, spec.features.len(), &params);
         Self::with_factory(spec, factory, None, interner)
+    }
+
+    /// Build for a trained model: its features (the spec's, if given, must
+    /// be the same), its calibrated threshold unless the spec sets one.
+    pub fn for_model(
+        spec: &DetectorSpec,
+        model: Arc<Model>,
+        interner: &mut Interner,
+    ) -> Result<Self, String> {
+        let meta = &model.artifact.metadata;
+        if !spec.features.is_empty() && spec.features != meta.features {
+            return Err(format!(
+                "features: {:?} differ from the features Model {} v{} was trained on ({:?}); leave them empty to use the Model's",
+                spec.features, meta.model, meta.version, meta.features
+            ));
+        }
+        if let Some(r) = &spec.model_ref {
+            if let Some(v) = r.version.filter(|v| *v != meta.version) {
+                return Err(format!(
+                    "modelRef.version: pinned to {v}, but the artifact is Model {} v{}",
+                    meta.model, meta.version
+                ));
+            }
+        }
+        let mut spec = spec.clone();
+        spec.features = meta.features.clone();
+        let factory = Box::new(crate::models::ModelFactory::new(model.clone()));
+        let mut stage = Self::with_factory(&spec, factory, Some(meta.version), interner)?;
+        stage.model = Some(model);
+        Ok(stage)
+    }
+
+    /// Serve another version of the model, from the next record on.
+    pub fn swap_model(&mut self, model: Arc<Model>) -> Result<(), String> {
+        let Some(current) = &self.model else {
+            return Err("this detector does not score with a model".into());
+        };
+        let (old, new) = (&current.artifact.metadata, &model.artifact.metadata);
+        if old.features != new.features {
+            return Err(format!(
+                "Model {} v{} reads {:?}, but the pipeline was built for {:?}; restart the runner to serve it",
+                new.model, new.version, new.features, old.features
+            ));
+        }
+        if old.transforms_hash != new.transforms_hash {
+            return Err(format!(
+                "Model {} v{} was trained with other transforms than v{}; restart the runner to serve it",
+                new.model, new.version, old.version
+            ));
+        }
+        if !self.threshold_from_spec {
+            self.threshold = new.threshold;
+        }
+        self.model_version = Some(new.version);
+        self.factory = Box::new(crate::models::ModelFactory::new(model.clone()));
+        self.model = Some(model);
+        Ok(())
+    }
+
+    /// The model served, if any.
+    pub fn model(&self) -> Option<&Arc<Model>> {
+        self.model.as_ref()
     }
 
     /// Build around any factory (online algorithm or trained model).
@@ -115,6 +188,9 @@ impl DetectorStage {
             features,
             feature_names: spec.features.clone(),
             threshold: spec.threshold.unwrap_or_else(|| factory.default_threshold()),
+            threshold_from_spec: spec.threshold.is_some(),
+            model: None,
+            parts: Vec::with_capacity(spec.features.len()),
             states: Keyed::new(usize::try_from(spec.max_keys).unwrap_or(1)),
             factory,
             model_version,
@@ -157,7 +233,7 @@ impl DetectorStage {
         self.buf.clear();
         for id in &self.features {
             match rec.get(*id) {
-                Some(Value::Null) => return Ok(Scored { score: None, is_anomaly: false }),
+                Some(Value::Null) => return Ok(Scored { score: None, is_anomaly: false, class: None }),
                 Some(v) => match v.as_f64() {
                     Some(x) => self.buf.push(x),
                     None => {
@@ -171,12 +247,19 @@ impl DetectorStage {
                 None => return Err(format!("feature {:?} is missing", interner.name(*id))),
             }
         }
+        if let Some(model) = &self.model {
+            let (mut score, class) = model.score(&self.buf, &mut self.parts);
+            score.value = score.value.clamp(0.0, 1.0);
+            let is_anomaly = score.value >= self.threshold;
+            let class = class.and_then(|c| model.class_name(c)).cloned();
+            return Ok(Scored { score: Some(score), is_anomaly, class });
+        }
         let factory = &self.factory;
         let scorer = self.states.get(&rec.key, || factory.scorer());
         let mut score = scorer.score(&self.buf);
         score.value = score.value.clamp(0.0, 1.0);
         let is_anomaly = score.value >= self.threshold;
-        Ok(Scored { score: Some(score), is_anomaly })
+        Ok(Scored { score: Some(score), is_anomaly, class: None })
     }
 
     /// Append the `"anomaly":{...}` member for a scored record.
@@ -198,6 +281,10 @@ impl DetectorStage {
         match self.model_version {
             Some(v) => buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
             None => buf.extend_from_slice(b"null"),
+        }
+        if let Some(c) = &scored.class {
+            buf.extend_from_slice(b",\"class\":");
+            buf.extend_from_slice(c.to_string().as_bytes());
         }
         buf.extend_from_slice(b",\"explanation\":[");
         if let Some(s) = &scored.score {

@@ -87,7 +87,7 @@ pub fn run(pipeline: &Pipeline, root: &Path) -> Result<Report> {
             lines.next().unwrap_or("").split(',').map(|s| s.trim().to_string()).collect();
         let mut engine = Engine::new(&pipeline.spec, Some(RecordFormat::Csv), Some(&header))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        threshold = engine.detector().threshold();
+        threshold = engine.detector().map_or(threshold, |d| d.threshold());
         let mut scores = Vec::new();
         let mut stamps = Vec::new();
         for line in lines.filter(|l| !l.trim().is_empty()) {

@@ -596,7 +596,7 @@ pub fn run(opts: Options) -> Result<()> {
     info!(pipeline = %name, namespace = %namespace, group = %group, input = %spec.input.topic.name,
         output = %spec.output.name, dead_letter = %spec.dead_letter.name, delivery = ?spec.delivery,
         listen = %opts.listen,
-        detector_bytes_per_key = engine.detector().bytes_per_key(), max_keys = spec.detector.max_keys,
+        detector_bytes_per_key = engine.detector().map_or(0, |d| d.bytes_per_key()), max_keys = spec.detector.max_keys,
         "Runner started");
 
     // Every log line of the loop carries the pipeline's namespace and name.
@@ -979,7 +979,7 @@ fn process_loop(
         m.records_out.inc_by(c.records_out - last_counts.records_out);
         m.anomalies.inc_by(c.anomalies - last_counts.anomalies);
         m.filtered.inc_by(c.filtered - last_counts.filtered);
-        m.detector_keys.set(engine.detector().keys().0 as i64);
+        m.detector_keys.set(engine.detector().map_or(0, |d| d.keys().0) as i64);
         last_counts = c;
     }
     Ok(LoopExit::Stopped)

@@ -1,0 +1,236 @@
+//! Isolation forest, as defined by Liu, Ting and Zhou, "Isolation Forest"
+//! (ICDM 2008), written here: linfa has none, and the crates that do are
+//! unmaintained or drag in another linear-algebra stack.
+//!
+//! Each tree is grown on a random subsample of `sample_size` records
+//! (without replacement) by splitting on a random feature at a uniformly
+//! random value between its minimum and maximum in the node, until a node
+//! holds one record, all its records are equal, or the height limit
+//! ceil(log2 sample_size) is reached. The score of x is
+//! s(x) = 2^(-E[h(x)] / c(sample_size)), where h(x) is the path length to
+//! x's leaf plus c(leaf size) for the records the leaf did not isolate, and
+//! c(n) = 2 H(n-1) - 2 (n-1) / n is the average path length of an
+//! unsuccessful search in a binary search tree (H the harmonic number).
+
+use serde::{Deserialize, Serialize};
+
+const LEAF: u32 = u32::MAX;
+const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+
+/// One node; a leaf when `feature == u32::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The split feature, or `u32::MAX` for a leaf.
+    pub feature: u32,
+    /// Split value (x < value goes left); for a leaf, c(size).
+    pub value: f64,
+    /// Index of the left child (the right one follows its subtree).
+    pub left: u32,
+    /// Index of the right child.
+    pub right: u32,
+    /// Training records that reached this node.
+    pub size: u32,
+}
+
+/// A fitted forest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forest {
+    /// Records per tree.
+    pub sample_size: usize,
+    /// Each tree's nodes, root first.
+    pub trees: Vec<Vec<Node>>,
+}
+
+/// c(n): the average path length of an unsuccessful BST search among n.
+pub fn c(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        _ => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + EULER_GAMMA) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+/// splitmix64: small, seedable, good enough for sampling and splits.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+impl Forest {
+    /// Grow `trees` trees on `data` (rows of equal width).
+    pub fn fit(data: &[Vec<f64>], trees: usize, sample_size: usize, seed: u64) -> Forest {
+        let mut rng = Rng::new(seed);
+        let psi = sample_size.min(data.len()).max(2);
+        let limit = (psi as f64).log2().ceil() as usize;
+        let width = data.first().map_or(0, Vec::len);
+        let mut forest = Vec::with_capacity(trees);
+        let mut idx: Vec<usize> = (0..data.len()).collect();
+        for _ in 0..trees {
+            // Partial Fisher-Yates: a sample without replacement.
+            for i in 0..psi.min(idx.len()) {
+                let j = i + rng.below(idx.len() - i);
+                idx.swap(i, j);
+            }
+            let mut sample: Vec<usize> = idx[..psi.min(idx.len())].to_vec();
+            let mut nodes = Vec::new();
+            grow(data, &mut sample, 0, limit, width, &mut rng, &mut nodes);
+            forest.push(nodes);
+        }
+        Forest { sample_size: psi, trees: forest }
+    }
+
+    /// s(x) in (0, 1]; `parts` gets each feature's part in isolating x: a
+    /// split that sends x from n training records to m adds ln(n / m) to
+    /// its feature (the parts of one tree sum to ln(sample / leaf size)).
+    pub fn score(&self, x: &[f64], parts: &mut [f64]) -> f64 {
+        let mut total = 0.0;
+        for tree in &self.trees {
+            let mut i = 0usize;
+            let mut depth = 0.0;
+            loop {
+                let n = tree[i];
+                if n.feature == LEAF {
+                    total += depth + n.value;
+                    break;
+                }
+                let f = n.feature as usize;
+                i = if x[f] < n.value { n.left } else { n.right } as usize;
+                if let Some(p) = parts.get_mut(f) {
+                    *p += (f64::from(n.size.max(1)) / f64::from(tree[i].size.max(1))).ln();
+                }
+                depth += 1.0;
+            }
+        }
+        let mean = total / self.trees.len().max(1) as f64;
+        let cn = c(self.sample_size).max(f64::MIN_POSITIVE);
+        2f64.powf(-mean / cn)
+    }
+
+    /// Every index in bounds, every feature below `width`.
+    pub fn check(&self, width: usize) -> bool {
+        !self.trees.is_empty()
+            && self.trees.iter().all(|t| {
+                !t.is_empty()
+                    && t.iter().enumerate().all(|(i, n)| {
+                        n.feature == LEAF
+                            || ((n.feature as usize) < width
+                                && (n.left as usize) > i
+                                && (n.left as usize) < t.len()
+                                && (n.right as usize) > i
+                                && (n.right as usize) < t.len())
+                    })
+            })
+    }
+}
+
+fn grow(
+    data: &[Vec<f64>],
+    rows: &mut [usize],
+    depth: usize,
+    limit: usize,
+    width: usize,
+    rng: &mut Rng,
+    nodes: &mut Vec<Node>,
+) -> u32 {
+    let at = nodes.len() as u32;
+    let leaf = |nodes: &mut Vec<Node>, n: usize| {
+        nodes.push(Node { feature: LEAF, value: c(n), left: 0, right: 0, size: n as u32 });
+        at
+    };
+    if depth >= limit || rows.len() <= 1 || width == 0 {
+        return leaf(nodes, rows.len());
+    }
+    // A random feature that varies in this node (give up after a few tries:
+    // the records are then all equal, or nearly).
+    let mut choice = None;
+    for _ in 0..width.max(4) {
+        let f = rng.below(width);
+        let (lo, hi) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(data[*r][f]), hi.max(data[*r][f]))
+        });
+        if hi > lo {
+            choice = Some((f, lo, hi));
+            break;
+        }
+    }
+    let Some((f, lo, hi)) = choice else {
+        return leaf(nodes, rows.len());
+    };
+    let split = lo + rng.unit() * (hi - lo);
+    let split = if split <= lo { (lo + hi) / 2.0 } else { split };
+    let mut k = 0;
+    for i in 0..rows.len() {
+        if data[rows[i]][f] < split {
+            rows.swap(i, k);
+            k += 1;
+        }
+    }
+    nodes.push(Node { feature: f as u32, value: split, left: 0, right: 0, size: rows.len() as u32 });
+    let (l, r) = rows.split_at_mut(k);
+    let left = grow(data, l, depth + 1, limit, width, rng, nodes);
+    let right = grow(data, r, depth + 1, limit, width, rng, nodes);
+    nodes[at as usize].left = left;
+    nodes[at as usize].right = right;
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_follows_the_published_definition() {
+        // c(n) = 2 H(n-1) - 2(n-1)/n with H(i) = ln(i) + gamma.
+        assert_eq!(c(1), 0.0);
+        assert_eq!(c(2), 1.0);
+        let n = 256.0f64;
+        let expected = 2.0 * ((n - 1.0).ln() + EULER_GAMMA) - 2.0 * (n - 1.0) / n;
+        assert!((c(256) - expected).abs() < 1e-12);
+        assert!((c(256) - 10.244).abs() < 0.01, "{}", c(256));
+    }
+
+    #[test]
+    fn an_isolated_point_scores_high_and_a_central_one_about_half_or_less() {
+        let mut rng = Rng::new(1);
+        let mut normal = || {
+            let (u, v) = (rng.unit().max(1e-12), rng.unit());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        };
+        let data: Vec<Vec<f64>> = (0..2000).map(|_| vec![normal(), normal()]).collect();
+        let forest = Forest::fit(&data, 100, 256, 7);
+        assert!(forest.check(2));
+        let mut parts = [0.0; 2];
+        let outlier = forest.score(&[6.0, 0.0], &mut parts);
+        assert!(parts[0] > parts[1], "the x feature isolates the outlier: {parts:?}");
+        let centre = forest.score(&[0.0, 0.0], &mut [0.0; 2]);
+        // The paper: s above 0.5 for anomalies, below 0.5 for normal points.
+        // (A point beyond the training range shares a leaf with the most
+        // extreme training points, so its score is theirs.)
+        assert!(outlier > 0.6, "outlier {outlier}");
+        assert!(centre < 0.45, "centre {centre}");
+    }
+}
