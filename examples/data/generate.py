@@ -13,6 +13,11 @@
                   pressure at minute 100 for 3 minutes. Some readings lack
                   pressure (filled by the pipeline), and three lines are
                   malformed on purpose to show the dead-letter path.
+  bearings.csv    Labelled readings for supervised models: 3000 readings of
+                  four machines (temperature, vibration, pressure), 10% of
+                  them from a failing bearing (vibration and temperature
+                  raised by a random severity; fault=true), the rest healthy
+                  (fault=false), some healthy ones hot or shaky on their own.
 
 Run from anywhere: python3 examples/data/generate.py
 """
@@ -76,8 +81,31 @@ def sensors():
     return "\n".join(lines) + "\n"
 
 
+def bearings():
+    rng = random.Random(11)
+    rows = ["machine,temperature,vibration,pressure,fault"]
+    for i in range(3000):
+        m = f"m-{i % 4 + 1}"
+        temp = 60.0 + rng.gauss(0, 1.5)
+        vib = 2.0 + rng.gauss(0, 0.3)
+        pressure = 300.0 + rng.gauss(0, 4.0)
+        fault = rng.random() < 0.10
+        if fault:
+            severity = rng.uniform(0.2, 1.0)
+            vib += 4.0 * severity + rng.gauss(0, 0.3)
+            temp += 8.0 * severity + rng.gauss(0, 1.0)
+        elif rng.random() < 0.05:
+            # Healthy but hot (a warm day) or shaky (a loose mount), not both.
+            if rng.random() < 0.5:
+                temp += rng.uniform(3.0, 8.0)
+            else:
+                vib += rng.uniform(1.0, 3.0)
+        rows.append(f"{m},{temp:.2f},{vib:.3f},{pressure:.1f},{str(fault).lower()}")
+    return "\n".join(rows) + "\n"
+
+
 def main():
-    for name, text in (("cpu.csv", cpu()), ("sensors.jsonl", sensors())):
+    for name, text in (("cpu.csv", cpu()), ("sensors.jsonl", sensors()), ("bearings.csv", bearings())):
         with open(os.path.join(HERE, name), "w", newline="\n") as f:
             f.write(text)
         print(f"wrote {name}: {text.count(chr(10))} lines")

@@ -94,7 +94,9 @@ fn local_writes_every_record_and_the_dead_letters_of_the_sensor_example() {
 fn validate_accepts_the_examples_and_refuses_invalid_manifests_with_exit_code_1() {
     let ok = vigil(&["validate", "examples/"]);
     assert!(ok.status.success(), "{}", text(&ok.stdout));
-    assert_eq!(text(&ok.stdout).matches(" is valid").count(), 3);
+    // 2 Pipelines in examples/pipelines; 7 Models (one per algorithm) and
+    // 2 Pipelines serving them in examples/models.
+    assert_eq!(text(&ok.stdout).matches(" is valid").count(), 11, "{}", text(&ok.stdout));
 
     let bad = vigil(&[
         "validate",
@@ -143,6 +145,134 @@ fn validate_given_a_pipeline_and_its_model_checks_the_model_features_are_produce
     std::fs::write(&good, pipeline("[]")).unwrap();
     let out = vigil(&["validate", good.to_str().unwrap(), model.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn train_every_example_model_and_score_with_it_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let models = [
+        ("sensor-kmeans", "sensors.jsonl"),
+        ("sensor-gaussian-mixture", "sensors.jsonl"),
+        ("sensor-pca", "sensors.jsonl"),
+        ("sensor-one-class-svm", "sensors.jsonl"),
+        ("sensor-isolation-forest", "sensors.jsonl"),
+        ("bearing-fault-logistic", "bearings.csv"),
+        ("bearing-fault-tree", "bearings.csv"),
+    ];
+    for (model, data) in models {
+        let r = vigil(&[
+            "train",
+            &format!("examples/models/{model}.yaml"),
+            "--input",
+            &format!("examples/data/{data}"),
+            "--output",
+            out,
+        ]);
+        let summary = text(&r.stderr);
+        assert!(r.status.success(), "{model}: {summary}");
+        assert!(
+            summary.contains(&format!("Model {model} v1 (")) && summary.contains("threshold"),
+            "{summary}"
+        );
+        assert!(dir.path().join(format!("{model}-v1.vmodel")).is_file());
+    }
+    // A second run writes v2; v1 is never overwritten.
+    let r = vigil(&[
+        "train",
+        "examples/models/sensor-pca.yaml",
+        "--input",
+        "examples/data/sensors.jsonl",
+        "-o",
+        out,
+    ]);
+    assert!(text(&r.stderr).contains("Model sensor-pca v2 ("), "{}", text(&r.stderr));
+    let r = vigil(&[
+        "train",
+        "examples/models/sensor-pca.yaml",
+        "--input",
+        "examples/data/sensors.jsonl",
+        "-o",
+        out,
+        "--version",
+        "1",
+    ]);
+    assert!(!r.status.success() && text(&r.stderr).contains("never overwritten"), "{}", text(&r.stderr));
+
+    // The classifier Pipeline: every record scored by v1, with its class.
+    let scored = dir.path().join("predictions.jsonl");
+    let r = vigil(&[
+        "local",
+        "examples/models/bearing-fault-tree.yaml",
+        "--input",
+        "examples/data/bearings.csv",
+        "--model",
+        &format!("bearing-fault-tree={out}/bearing-fault-tree-v1.vmodel"),
+        "--output",
+        scored.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&scored).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3000);
+    let right = records.iter().filter(|r| r["anomaly"]["class"] == r["fault"]).count();
+    assert!(right as f64 / 3000.0 > 0.95, "{right} of 3000 classified right");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["anomaly"]["modelVersion"] == 1 && r["anomaly"]["detector"] == "decisionTree")
+    );
+
+    // The sensor Pipeline with k-means: flags the failing bearing of m-2
+    // (from minute 80) and names vibration or temperature first.
+    let r = vigil(&[
+        "local",
+        "examples/models/sensor-kmeans.yaml",
+        "--input",
+        "examples/data/sensors.jsonl",
+        "--model",
+        &format!("sensor-kmeans={out}/sensor-kmeans-v1.vmodel"),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let flagged: Vec<serde_json::Value> =
+        text(&r.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let m2 = flagged
+        .iter()
+        .filter(|r| r["machine"] == "m-2" && r["ts"].as_str().unwrap() >= "2026-11-01T09:25:00Z")
+        .count();
+    assert!(m2 > 10, "{m2} late m-2 readings flagged of {}", flagged.len());
+    let first = flagged.iter().find(|r| r["machine"] == "m-2").unwrap();
+    let top = first["anomaly"]["explanation"][0]["feature"].as_str().unwrap();
+    assert!(top == "vibration" || top == "temperature", "{first}");
+    assert!(text(&r.stderr).contains("detector kMeans v1"), "{}", text(&r.stderr));
+}
+
+#[test]
+fn a_model_pipeline_without_its_artifact_or_with_a_corrupt_one_is_refused_clearly() {
+    let r = vigil(&["local", "examples/models/sensor-kmeans.yaml", "--input", "examples/data/sensors.jsonl"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("pass its artifact with --model sensor-kmeans=FILE"),
+        "{}",
+        text(&r.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.vmodel");
+    std::fs::write(
+        &bad,
+        "vigil-model 1 sha256=00 bytes=2
+{}",
+    )
+    .unwrap();
+    let r = vigil(&[
+        "local",
+        "examples/models/sensor-kmeans.yaml",
+        "--input",
+        "examples/data/sensors.jsonl",
+        "--model",
+        &format!("sensor-kmeans={}", bad.display()),
+    ]);
+    assert!(text(&r.stderr).contains("is corrupt: checksum mismatch"), "{}", text(&r.stderr));
 }
 
 #[test]
