@@ -90,6 +90,20 @@ pub enum Command {
         /// A directory with one file per Kafka client setting.
         #[arg(long, env = "VIGIL_KAFKA_SECRET_DIR")]
         kafka_secret_dir: Option<PathBuf>,
+        /// Also publish the artifact to the model registry (a compacted
+        /// Kafka topic) so that runners on any node can serve it.
+        #[arg(long)]
+        publish: bool,
+        /// The registry topic.
+        #[arg(long, env = "VIGIL_MODEL_REGISTRY", default_value = crate::models::registry::DEFAULT_TOPIC)]
+        registry_topic: String,
+        /// Namespace of the Model in the registry, when the manifest has none.
+        #[arg(long, env = "VIGIL_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// Where the outcome is written for the pod's status (a JSON summary,
+        /// or the error); written only if the file exists.
+        #[arg(long, env = "VIGIL_TERMINATION_LOG", default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
     },
     /// Score a detector on a labelled corpus in the NAB layout (data/**/*.csv
     /// with timestamp,value; labels/combined_windows.json): NAB standard,
@@ -140,6 +154,10 @@ pub enum Command {
         /// file exists.
         #[arg(long, env = "VIGIL_TERMINATION_LOG", default_value = "/dev/termination-log")]
         termination_log: PathBuf,
+        /// The model registry topic, for a Pipeline whose detector is a
+        /// `modelRef`.
+        #[arg(long, env = "VIGIL_MODEL_REGISTRY", default_value = crate::models::registry::DEFAULT_TOPIC)]
+        model_registry: String,
     },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
@@ -168,6 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             batch,
             stall_backoff,
             termination_log,
+            model_registry,
         } => {
             crate::logging::init(true);
             let result = crate::run::run(crate::run::Options {
@@ -180,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 instance,
                 batch: batch.max(1),
                 stall_backoff: std::time::Duration::from_secs(stall_backoff),
+                model_registry,
             });
             if let Err(e) = &result {
                 tracing::error!(error = format!("{e:#}"), "Runner failed");
@@ -205,19 +225,46 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { model, input, format, output, version, bootstrap_servers, kafka_secret_dir } => {
-            let text = std::fs::read_to_string(&model)
-                .with_context(|| format!("cannot read {}", model.display()))?;
-            let model = vigil_crds::manifest::single_model(&text)?;
-            let opts = crate::models::train::Options {
-                input,
-                format: format.map(Into::into),
-                output,
-                version,
-                bootstrap: bootstrap_servers,
-                kafka_secret_dir,
-            };
-            crate::models::train::train(&model, &opts)?;
+        Command::Train {
+            model,
+            input,
+            format,
+            output,
+            version,
+            bootstrap_servers,
+            kafka_secret_dir,
+            publish,
+            registry_topic,
+            namespace,
+            termination_log,
+        } => {
+            let result = (|| {
+                let text = std::fs::read_to_string(&model)
+                    .with_context(|| format!("cannot read {}", model.display()))?;
+                let model = vigil_crds::manifest::single_model(&text)?;
+                let namespace = model.metadata.namespace.clone().unwrap_or(namespace);
+                let opts = crate::models::train::Options {
+                    input,
+                    format: format.map(Into::into),
+                    output,
+                    version,
+                    bootstrap: bootstrap_servers,
+                    kafka_secret_dir,
+                    publish: publish.then_some((registry_topic, namespace)),
+                };
+                crate::models::train::train(&model, &opts)
+            })();
+            // The operator reads the outcome from the Job's pod.
+            if termination_log.is_file() {
+                let text = match &result {
+                    Ok(t) => {
+                        serde_json::to_string(&crate::models::train::summary(&t.artifact)).unwrap_or_default()
+                    }
+                    Err(e) => format!("{e:#}"),
+                };
+                let _ = std::fs::write(&termination_log, text);
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Local { pipeline, input, format, output, dead_letter, all, models } => {

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub stalls: Counter,
     /// Dead letters cut to fit the dead-letter topic.
     pub dead_letters_truncated: Counter,
+    /// The trained model version served (0 for an online detector).
+    pub model_version: Gauge,
 }
 
 impl Metrics {
@@ -108,6 +110,7 @@ impl Metrics {
             stalled: Gauge::default(),
             stalls: Counter::default(),
             dead_letters_truncated: Counter::default(),
+            model_version: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("vigil_records_in", "Records consumed from the input", m.records_in.clone());
@@ -123,6 +126,11 @@ impl Metrics {
         );
         registry.register("vigil_records_filtered", "Records dropped by a filter", m.filtered.clone());
         registry.register("vigil_anomalies", "Records flagged anomalous", m.anomalies.clone());
+        registry.register(
+            "vigil_model_version",
+            "The trained Model version scoring records (0: an online detector)",
+            m.model_version.clone(),
+        );
         registry.register("vigil_score", "Anomaly scores", m.score.clone());
         registry.register(
             "vigil_processing_latency_seconds",

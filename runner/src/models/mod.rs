@@ -18,6 +18,7 @@
 
 pub mod fit;
 pub mod iforest;
+pub mod registry;
 pub mod train;
 
 use std::path::Path;
@@ -350,7 +351,7 @@ impl Artifact {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

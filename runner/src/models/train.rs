@@ -33,6 +33,8 @@ pub struct Options {
     pub bootstrap: Option<String>,
     /// Directory of the mounted Kafka Secret.
     pub kafka_secret_dir: Option<PathBuf>,
+    /// Publish the artifact to this registry topic, under this namespace.
+    pub publish: Option<(String, String)>,
 }
 
 /// The outcome of one training run.
@@ -142,6 +144,19 @@ pub fn train(model: &Model, opts: &Options) -> Result<Trained> {
         fitted,
     };
     let path = artifact.write(&opts.output).with_context(|| format!("Model {name}"))?;
+    if let Some((topic, namespace)) = &opts.publish {
+        let kafka = spec.training.kafka.clone().unwrap_or_default();
+        let settings = crate::run::kafka_config::KafkaSettings::resolve(
+            &kafka,
+            opts.bootstrap.as_deref(),
+            opts.kafka_secret_dir.as_deref(),
+        )?;
+        let manifest = super::registry::publish(&settings, topic, namespace, &artifact)?;
+        eprintln!(
+            "Published Model {namespace}/{name} v{version} to the registry topic {topic} ({} chunk(s), sha256 {})",
+            manifest.chunks, manifest.sha256
+        );
+    }
     let m = &artifact.metadata;
     eprintln!(
         "Model {name} v{version} ({}): {} records ({} skipped) from {}; fitted in {:.2} s, {:.2} s in all; threshold {:.4} ({}){}; written to {} ({} bytes)",
@@ -411,5 +426,38 @@ fn to_json(v: &crate::record::Value) -> serde_json::Value {
         Value::Map(m) => {
             serde_json::Value::Object(m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect())
         }
+    }
+}
+
+/// What a training Job reports (its termination message), read by the
+/// operator into the Model's status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The version written.
+    pub version: i64,
+    /// Records trained on.
+    pub records: u64,
+    /// Seconds in all.
+    pub seconds: f64,
+    /// The calibrated threshold.
+    pub threshold: f64,
+    /// Training accuracy (supervised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// When it finished (RFC 3339).
+    pub trained_at: String,
+}
+
+/// The summary of an artifact.
+pub fn summary(a: &Artifact) -> Summary {
+    let m = &a.metadata;
+    Summary {
+        version: m.version,
+        records: m.records,
+        seconds: m.seconds,
+        threshold: m.threshold,
+        accuracy: m.accuracy,
+        trained_at: m.trained_at.clone(),
     }
 }

@@ -77,6 +77,8 @@ pub struct Options {
     /// First wait before consuming again after a failure stopped the
     /// runner (doubling up to a minute).
     pub stall_backoff: Duration,
+    /// The model registry topic (for a `detector.modelRef`).
+    pub model_registry: String,
 }
 
 /// State shared between the processing loop, the rebalance callback and the
@@ -523,7 +525,38 @@ pub fn run(opts: Options) -> Result<()> {
     let settings =
         KafkaSettings::resolve(&spec.kafka, opts.bootstrap.as_deref(), opts.secret_dir.as_deref())?;
     let group = opts.group.clone().unwrap_or_else(|| Pipeline::consumer_group(&namespace, &name));
-    let mut engine = Engine::new(spec, None, None).map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
+    // A trained model comes from the registry; the runner serves the pinned
+    // version or the Model's serving version, and follows the latter.
+    let watcher = match &spec.detector.model_ref {
+        Some(r) => Some((
+            crate::models::registry::Watcher::start(
+                &settings,
+                &opts.model_registry,
+                &namespace,
+                &r.name,
+                r.version,
+            )?,
+            r.clone(),
+        )),
+        None => None,
+    };
+    let model = match &watcher {
+        Some((w, r)) => {
+            let which =
+                r.version.map(|v| format!("version {v}")).unwrap_or_else(|| "its serving version".into());
+            let started = Instant::now();
+            loop {
+                if let Some(m) = w.next(Duration::from_secs(10)) {
+                    break Some(m);
+                }
+                info!(model = %r.name, registry = %opts.model_registry, waited_s = started.elapsed().as_secs(),
+                    "Waiting for Model {} ({which}) in the model registry", r.name);
+            }
+        }
+        None => None,
+    };
+    let mut engine =
+        Engine::with_model(spec, None, None, model).map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
     let metrics = Arc::new(Metrics::new(&namespace, &name));
     let limits = record_limits(&settings, spec);
 
@@ -567,8 +600,12 @@ pub fn run(opts: Options) -> Result<()> {
         dead_letter: spec.dead_letter.name.clone(),
         output_limit: AtomicUsize::new(limits.output),
         dead_letter_limit: AtomicUsize::new(limits.dead_letter),
-        status: Mutex::new(RunnerStatus::default()),
+        status: Mutex::new(RunnerStatus {
+            model_version: engine.detector().and_then(|d| d.model_version()),
+            ..RunnerStatus::default()
+        }),
     });
+    metrics.model_version.set(engine.detector().and_then(|d| d.model_version()).unwrap_or(0));
 
     let mut cc = settings.client_config();
     cc.set("group.id", &group)
@@ -604,7 +641,8 @@ pub fn run(opts: Options) -> Result<()> {
     let mut backoff = opts.stall_backoff;
     let mut last_halt: Option<Instant> = None;
     let result = loop {
-        match span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch)) {
+        let models = watcher.as_ref().map(|(w, _)| w);
+        match span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch, models)) {
             Ok(LoopExit::Orphaned) => {
                 let _span = span.enter();
                 warn!(
@@ -877,6 +915,7 @@ fn process_loop(
     engine: &mut Engine,
     spec: &vigil_crds::PipelineSpec,
     batch: usize,
+    models: Option<&crate::models::registry::Watcher>,
 ) -> Result<LoopExit> {
     let producer = &shared.producer;
     let output = spec.output.name.as_str();
@@ -981,6 +1020,22 @@ fn process_loop(
         m.filtered.inc_by(c.filtered - last_counts.filtered);
         m.detector_keys.set(engine.detector().map_or(0, |d| d.keys().0) as i64);
         last_counts = c;
+        // A new model version is served from the next record on: between
+        // two batches, nothing in flight is scored twice or skipped.
+        if let Some(model) = models.and_then(|w| w.try_next()) {
+            let (name, version) = (model.artifact.metadata.model.clone(), model.version());
+            let from = engine.detector().and_then(|d| d.model_version());
+            match engine.swap_model(model) {
+                Ok(()) => {
+                    info!(model = %name, version, from = ?from, "Serving a new model version");
+                    m.model_version.set(version);
+                    lock(&shared.status).model_version = Some(version);
+                }
+                Err(e) => {
+                    error!(model = %name, version, error = %e, "Cannot serve this model version; keeping the current one")
+                }
+            }
+        }
     }
     Ok(LoopExit::Stopped)
 }

@@ -86,6 +86,9 @@ pub struct RunnerStatus {
     pub stalls: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastError>,
+    /// The trained Model version this runner scores with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<i64>,
 }
 
 impl Default for RunnerStatus {
@@ -95,6 +98,7 @@ impl Default for RunnerStatus {
             message: "joining the consumer group".into(),
             stalls: 0,
             last_error: None,
+            model_version: None,
         }
     }
 }
