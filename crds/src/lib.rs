@@ -17,6 +17,7 @@ pub mod expr;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;
+pub mod registry;
 pub mod schema_check;
 pub mod semantic;
 pub mod transform;

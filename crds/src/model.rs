@@ -266,4 +266,23 @@ pub struct ModelStatus {
     /// Figures from the latest training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<TrainingMetrics>,
+    /// Versions kept in the model registry, oldest first: a pin
+    /// (`spec.version`, `modelRef.version`) may name any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<i64>,
+    /// The version a training Job is producing now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_version: Option<i64>,
+    /// When `schedule` trains the next version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_training_time: Option<Time>,
+    /// Hash of the training inputs of the spec (algorithm, params, features,
+    /// label, transforms, training, calibration) the latest version was
+    /// trained from; a change trains a new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_spec_hash: Option<String>,
+    /// Hash of training inputs whose training failed: not retried until the
+    /// spec changes or the schedule comes round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_spec_hash: Option<String>,
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, error, info};
-use vigil_crds::Pipeline;
+use vigil_crds::{Model, Pipeline};
 
 use crate::context::{Context, Settings};
 use crate::leader::Elector;
@@ -108,6 +109,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .settings
         .refresh_interval
         .map(|i| AbortOnDrop(tokio::spawn(pipeline::recheck::run(ctx.clone(), i, recheck_tx))));
+    let pipelines_store = reader.clone();
     let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
         .reconcile_on(recheck_rx)
@@ -117,19 +119,55 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .owns(api::<PersistentVolumeClaim>(&client, ns), owned.clone())
         // Runner pods are owned by ReplicaSets: mapped to their Pipeline by
         // label, so a crash loop or a readiness change is reported at once.
+        // A Model's serving version changes its Pipelines' ModelReady.
+        .watches(api::<Model>(&client, ns), watcher::Config::default(), {
+            let pipelines = pipelines_store.clone();
+            move |m: Model| {
+                let (name, namespace) = (m.metadata.name.clone(), m.metadata.namespace.clone());
+                pipelines
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        p.metadata.namespace == namespace
+                            && p.spec.detector.model_ref.as_ref().map(|r| Some(&r.name))
+                                == Some(name.as_ref())
+                    })
+                    .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            }
+        })
         .watches(api::<Pod>(&client, ns), watcher::Config::default().labels(RUNNER_PODS), |pod: Pod| {
             let name = pod.metadata.labels.as_ref()?.get("vigil.dev/pipeline")?.clone();
             let namespace = pod.metadata.namespace.clone()?;
             Some(kube::runtime::reflector::ObjectRef::<Pipeline>::new(&name).within(&namespace))
         })
         .shutdown_on_signal()
-        .run(pipeline::reconcile, pipeline::error_policy, ctx)
+        .run(pipeline::reconcile, pipeline::error_policy, ctx.clone())
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => debug!(pipeline = %obj.name, "Reconciled"),
                 Err(e) => debug!(error = %e, "Reconcile error"),
             }
         });
+
+    // Models: a controller of their own, on the same context.
+    let models = Controller::new(api::<Model>(&client, ns), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(4))
+        .owns(
+            api::<Job>(&client, ns),
+            watcher::Config::default().labels("app.kubernetes.io/component=training"),
+        )
+        .shutdown_on_signal()
+        .run(crate::model::reconcile, crate::model::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(model = %obj.name, "Reconciled"),
+                Err(e) => debug!(error = %e, "Model reconcile error"),
+            }
+        });
+    let controller = async {
+        futures::join!(controller, models);
+    };
 
     let lost = async {
         match &elector {

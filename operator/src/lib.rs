@@ -7,6 +7,7 @@ pub mod crdgen;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod model;
 pub mod offsets;
 pub mod pipeline;
 pub mod rbac;

@@ -58,6 +58,10 @@ enum Command {
         /// The ValidatingWebhookConfiguration whose caBundle is kept current.
         #[arg(long, env = "VIGIL_WEBHOOK_CONFIGURATION", default_value = "vigil-operator")]
         webhook_configuration: String,
+        /// The model registry topic (a compacted Kafka topic through which
+        /// trained Model versions reach the runners).
+        #[arg(long, env = "VIGIL_MODEL_REGISTRY", default_value = vigil_crds::registry::DEFAULT_TOPIC)]
+        model_registry: String,
         /// The operator's own namespace (where the certificate Secret lives).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         pod_namespace: String,
@@ -113,13 +117,14 @@ async fn main() -> anyhow::Result<()> {
             webhook_hosts,
             webhook_secret,
             webhook_configuration,
+            model_registry,
             pod_namespace,
         } => {
             vigil_operator::controller::init_logging();
             let client = kube::Client::try_default().await?;
             let opts = vigil_operator::controller::Options {
                 settings: Settings {
-                    children: children::Settings { runner_image, kafka_bootstrap },
+                    children: children::Settings { runner_image, kafka_bootstrap, model_registry },
                     refresh_interval: (refresh_interval > 0).then(|| Duration::from_secs(refresh_interval)),
                 },
                 namespace,

@@ -22,8 +22,14 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("vigil.dev", &["pipelines/status"], &["patch"]),
         // Owner references with blockOwnerDeletion need update on finalizers.
         rule("vigil.dev", &["pipelines/finalizers"], &["update"]),
-        // A Pipeline's modelRef is dereferenced.
-        rule("vigil.dev", &["models"], &["get"]),
+        // Models are watched (and a Pipeline's modelRef dereferenced); their
+        // status is written.
+        rule("vigil.dev", &["models"], &["get", "list", "watch"]),
+        rule("vigil.dev", &["models/status"], &["patch"]),
+        // Owner references with blockOwnerDeletion need update on finalizers.
+        rule("vigil.dev", &["models/finalizers"], &["update"]),
+        // A training Job per Model version.
+        rule("batch", &["jobs"], &["get", "list", "watch", "create"]),
         // Children, applied server-side and watched for drift; the runners
         // are deleted before the topics when a Pipeline goes.
         rule("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),

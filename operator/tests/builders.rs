@@ -24,6 +24,7 @@ fn settings() -> Settings {
     Settings {
         runner_image: "ghcr.io/vigil-dev/vigil-runner:test".into(),
         kafka_bootstrap: Some("kafka.kafka:9092".into()),
+        model_registry: "vigil-models".into(),
     }
 }
 

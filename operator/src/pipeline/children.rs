@@ -45,6 +45,8 @@ pub struct Settings {
     pub runner_image: String,
     /// Kafka bootstrap servers when the Pipeline names none.
     pub kafka_bootstrap: Option<String>,
+    /// The model registry topic (trained Models reach the runners there).
+    pub model_registry: String,
 }
 
 /// Why a Pipeline cannot be built into children.
@@ -219,6 +221,9 @@ pub fn deployment(
         env("VIGIL_CONSUMER_GROUP", &Pipeline::consumer_group(&namespace, &name)),
         env("VIGIL_LISTEN", &format!("0.0.0.0:{HTTP_PORT}")),
     ];
+    if p.spec.detector.model_ref.is_some() {
+        env_vars.push(env("VIGIL_MODEL_REGISTRY", &settings.model_registry));
+    }
     let mut mounts = vec![
         VolumeMount {
             name: "pipeline".into(),

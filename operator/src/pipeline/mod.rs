@@ -199,14 +199,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         obs.model = Some(match models.get_opt(&model_ref.name).await {
             Ok(Some(m)) => match vigil_crds::semantic::check_model_ref(&p.spec, &model_ref.name, &m.spec) {
                 errors if !errors.is_empty() => (false, "ModelFeaturesNotProduced".into(), errors.join("; ")),
-                _ => (
-                    false,
-                    "ModelServingNotSupported".into(),
-                    format!(
-                        "Model {} exists, but this version of the runner does not serve trained models yet",
-                        model_ref.name
-                    ),
-                ),
+                _ => model_readiness(&model_ref.name, model_ref.version, m.status.as_ref()),
             },
             Ok(None) => (false, "ModelNotFound".into(), format!("Model {} does not exist", model_ref.name)),
             Err(e) => {
@@ -284,6 +277,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         obs.topics_problem = Some((reason.clone(), message));
     }
 
+    // No runner can start before its model version exists (it would wait
+    // in the registry); the Model's watch reconciles again when it does.
+    if obs.model.as_ref().is_some_and(|(ready, _, _)| !ready) {
+        write_status(ctx, &api, p, &obs).await?;
+        return Ok(Action::await_change());
+    }
+
     // Children: built pure, applied with server-side apply.
     let settings = &ctx.settings.children;
     let config = children::runner_config(p, settings)?;
@@ -315,6 +315,11 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                 warn!(pipeline = %key(p), error = %e, "Cannot list the runner pods");
                 None
             });
+    }
+
+    // What the runners actually serve (hot reloads included).
+    if p.spec.detector.model_ref.is_some() {
+        obs.model_version = runners::served_model_version(&ctx.client, &namespace, &name).await;
     }
 
     // Lag: from the broker, at most once per interval.
@@ -355,6 +360,35 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// ModelReady for a Pipeline following (or pinned to a version of) a Model.
+fn model_readiness(
+    name: &str,
+    pin: Option<i64>,
+    status: Option<&vigil_crds::ModelStatus>,
+) -> (bool, String, String) {
+    let versions = status.map(|s| s.versions.clone()).unwrap_or_default();
+    match (pin, status.and_then(|s| s.serving_version)) {
+        (Some(v), _) if versions.contains(&v) => {
+            (true, "ModelReady".into(), format!("serving version {v} of Model {name} (pinned)"))
+        }
+        (Some(v), _) => (
+            false,
+            "ModelVersionNotFound".into(),
+            format!("modelRef.version {v} is not among the versions Model {name} keeps ({versions:?})"),
+        ),
+        (None, Some(v)) => {
+            (true, "ModelReady".into(), format!("following Model {name}, serving version {v}"))
+        }
+        (None, None) => {
+            let why = status
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Trained"))
+                .map(|c| format!(" ({})", c.message))
+                .unwrap_or_default();
+            (false, "ModelNotTrained".into(), format!("Model {name} has no trained version yet{why}"))
+        }
+    }
+}
+
 /// Apply one child with server-side apply, as the operator's field manager.
 async fn apply_child<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K, Error>
 where
@@ -386,7 +420,7 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
 }
 
 /// Kafka client properties from a Secret (`None` when it does not exist).
-async fn read_secret(
+pub(crate) async fn read_secret(
     ctx: &Context,
     namespace: &str,
     name: &str,

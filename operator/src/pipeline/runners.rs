@@ -196,6 +196,27 @@ pub async fn inspect(
     Ok(diagnose(&pods, deployment, &statuses, Timestamp::now()))
 }
 
+/// The model version the ready runner pods serve (from their `/status`);
+/// the lowest when they differ (during a switch).
+pub async fn served_model_version(client: &kube::Client, namespace: &str, pipeline: &str) -> Option<i64> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = super::children::selector(pipeline)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = api.list(&ListParams::default().labels(&selector)).await.ok()?.items;
+    let mut versions = Vec::new();
+    for pod in &pods {
+        if runner_container(pod).is_some_and(|c| c.ready) {
+            if let Some(v) = fetch_status(pod).await.and_then(|d| d.get("modelVersion")?.as_i64()) {
+                versions.push(v);
+            }
+        }
+    }
+    versions.into_iter().min()
+}
+
 /// GET `/status` from a runner pod (its IP and the `http` container port),
 /// within 2 s; `None` if it does not answer with JSON.
 async fn fetch_status(pod: &Pod) -> Option<serde_json::Value> {

@@ -35,6 +35,9 @@ pub struct Observation {
     pub paused: bool,
     /// With a modelRef: (ready, reason, message).
     pub model: Option<(bool, String, String)>,
+    /// The model version the ready runners report serving (the lowest when
+    /// they differ, mid-switch).
+    pub model_version: Option<i64>,
     /// The runner config hash rolled out.
     pub config_hash: Option<String>,
     /// Why runners are not ready, from their pods (`runners::diagnose`).
@@ -207,7 +210,7 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
         replicas: Some(obs.replicas),
         ready_replicas: obs.ready_replicas,
         consumer_lag: obs.lag.or_else(|| previous.and_then(|p| p.consumer_lag)),
-        model_version: previous.and_then(|p| p.model_version),
+        model_version: obs.model_version.or_else(|| previous.and_then(|p| p.model_version)),
         config_hash: obs.config_hash.clone(),
     }
 }

@@ -35,6 +35,7 @@ impl Operator {
                 children: children::Settings {
                     runner_image: "ghcr.io/vigil-dev/vigil-runner:test".into(),
                     kafka_bootstrap: Some(vigil_e2e::kafka().to_string()),
+                    model_registry: format!("vigil-models-{namespace}"),
                 },
                 refresh_interval: Some(Duration::from_secs(2)),
             },

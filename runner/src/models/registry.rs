@@ -33,8 +33,7 @@ use tracing::{info, warn};
 use super::{Artifact, Model};
 use crate::run::kafka_config::KafkaSettings;
 
-/// The registry topic when none is configured.
-pub const DEFAULT_TOPIC: &str = "vigil-models";
+pub use vigil_crds::registry::{DEFAULT_TOPIC, Serving};
 /// Bytes per chunk: under Kafka's default 1 MiB record limit with room for
 /// the key and headers.
 pub const CHUNK: usize = 512 * 1024;
@@ -53,16 +52,7 @@ pub struct VersionManifest {
     pub sha256: String,
 }
 
-/// The serving pointer's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Serving {
-    /// The version Pipelines following the Model serve.
-    pub version: i64,
-}
-
-fn prefix(namespace: &str, model: &str) -> String {
-    format!("{namespace}/{model}/")
-}
+use vigil_crds::registry::prefix;
 
 fn producer(settings: &KafkaSettings) -> Result<BaseProducer> {
     settings
@@ -88,7 +78,7 @@ pub fn publish(
 ) -> Result<VersionManifest> {
     let bytes = artifact.to_bytes();
     let m = &artifact.metadata;
-    let base = format!("{}v{}", prefix(namespace, &m.model), m.version);
+    let base = vigil_crds::registry::version_key(namespace, &m.model, m.version);
     let p = producer(settings)?;
     let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
     for (i, chunk) in chunks.iter().enumerate() {
@@ -130,7 +120,7 @@ pub fn set_serving(
     version: i64,
 ) -> Result<()> {
     let p = producer(settings)?;
-    let key = format!("{}serving", prefix(namespace, model));
+    let key = vigil_crds::registry::serving_key(namespace, model);
     let value = serde_json::to_vec(&Serving { version })?;
     send(&p, BaseRecord::to(topic).key(&key).payload(&value))?;
     flush(&p, "the serving version")

@@ -429,25 +429,8 @@ fn to_json(v: &crate::record::Value) -> serde_json::Value {
     }
 }
 
-/// What a training Job reports (its termination message), read by the
-/// operator into the Model's status.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// The version written.
-    pub version: i64,
-    /// Records trained on.
-    pub records: u64,
-    /// Seconds in all.
-    pub seconds: f64,
-    /// The calibrated threshold.
-    pub threshold: f64,
-    /// Training accuracy (supervised).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    /// When it finished (RFC 3339).
-    pub trained_at: String,
-}
+/// What a training Job reports (its termination message).
+pub use vigil_crds::registry::TrainingSummary as Summary;
 
 /// The summary of an artifact.
 pub fn summary(a: &Artifact) -> Summary {
