@@ -150,7 +150,10 @@ start() {
   fi
   local bind=127.0.0.1
   local -a mode_flags=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
-  local -a kcm_flags=(--controllers=garbagecollector,namespace,serviceaccount)
+  # Plain mode: no node, so no Deployment or ReplicaSet controllers (tests
+  # write a Deployment's status themselves); the Job controller runs, and
+  # tests play the kubelet for the pods it makes.
+  local -a kcm_flags=(--controllers=garbagecollector,namespace,serviceaccount,job)
   if [[ $mode == node ]]; then
     bind=$node_ip
     mode_flags=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -42,23 +42,7 @@ async fn real_k8s_the_deployed_runner_scores_records_from_the_operators_topics()
     std::fs::write(mount.join("pipeline.yaml"), &config).unwrap();
 
     let port = free_port();
-    let mut cmd = Command::new(vigil_binary());
-    cmd.args(container.args.clone().unwrap_or_default());
-    for e in container.env.clone().unwrap_or_default() {
-        let value = match (e.name.as_str(), e.value, e.value_from) {
-            // Paths and addresses of the pod, mapped onto this machine.
-            ("VIGIL_PIPELINE_FILE", Some(v), _) => v.replace("/etc/vigil", mount.to_str().unwrap()),
-            ("VIGIL_LISTEN", Some(_), _) => format!("127.0.0.1:{port}"),
-            (_, Some(v), _) => v,
-            (_, None, Some(from)) => {
-                let field = from.field_ref.expect("only fieldRefs are used").field_path;
-                assert_eq!(field, "metadata.namespace");
-                ns.name.clone()
-            }
-            (name, None, None) => panic!("env {name} has no value"),
-        };
-        cmd.env(&e.name, value);
-    }
+    let mut cmd = container_command(container, &ns.name, &[("/etc/vigil", mount.as_path())], port);
     let log = std::fs::File::create(dir.path().join("runner.log")).unwrap();
     let mut child = cmd.env("HOSTNAME", "r-runner-0").stdout(Stdio::null()).stderr(log).spawn().unwrap();
 

@@ -10,54 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use support::*;
 use vigil_crds::Pipeline;
 use vigil_crds::pipeline::PipelinePhase;
 use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, unique_name};
-
-/// The Deployment's pod, as its ReplicaSet would create it.
-async fn create_pod(client: &Client, ns: &str, deployment: &str, pod: &str, http_port: Option<i32>) -> Pod {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let _ = sas
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap(),
-        )
-        .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let d = eventually(Duration::from_secs(30), "deployment", || async {
-        deployments.get(deployment).await.ok()
-    })
-    .await;
-    let template = d.spec.unwrap().template;
-    let mut pod_spec = template.spec.unwrap();
-    if let Some(port) = http_port {
-        pod_spec.containers[0].ports.as_mut().unwrap()[0].container_port = port;
-        // Probes name the port; no kubelet runs them here.
-    }
-    let p = Pod {
-        metadata: kube::api::ObjectMeta {
-            name: Some(pod.into()),
-            labels: template.metadata.unwrap().labels,
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        status: None,
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.create(&PostParams::default(), &p).await.expect("pod created")
-}
-
-async fn set_pod_status(client: &Client, ns: &str, pod: &str, status: serde_json::Value) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status})))
-        .await
-        .expect("pod status");
-}
 
 /// Deployment status as its controller would write it for 1 replica, 0 ready.
 async fn deployment_not_ready(client: &Client, ns: &str, name: &str) {

@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -189,4 +191,86 @@ pub fn vigil_binary() -> std::path::PathBuf {
         assert!(status.success(), "building the runner");
     }
     bin
+}
+
+/// Play the kubelet for one container: a command running the workspace's
+/// `vigil` binary with the container's args and env, paths of the pod mapped
+/// onto this machine (`paths`: pod prefix -> local directory), the HTTP
+/// listener on 127.0.0.1:`port`, and fieldRefs to the namespace resolved.
+pub fn container_command(
+    container: &k8s_openapi::api::core::v1::Container,
+    namespace: &str,
+    paths: &[(&str, &std::path::Path)],
+    port: u16,
+) -> std::process::Command {
+    let map = |v: &str| {
+        let mut v = v.to_string();
+        for (from, to) in paths {
+            v = v.replace(from, to.to_str().unwrap());
+        }
+        v
+    };
+    let mut cmd = std::process::Command::new(vigil_binary());
+    cmd.args(container.args.clone().unwrap_or_default().iter().map(|a| map(a)));
+    for e in container.env.clone().unwrap_or_default() {
+        let value = match (e.name.as_str(), e.value, e.value_from) {
+            ("VIGIL_LISTEN", Some(_), _) => format!("127.0.0.1:{port}"),
+            (_, Some(v), _) => map(&v),
+            (_, None, Some(from)) => {
+                let field = from.field_ref.expect("only fieldRefs are used").field_path;
+                assert_eq!(field, "metadata.namespace");
+                namespace.to_string()
+            }
+            (name, None, None) => panic!("env {name} has no value"),
+        };
+        cmd.env(&e.name, value);
+    }
+    cmd
+}
+
+/// The Deployment's pod, as its ReplicaSet would create it.
+pub async fn create_pod(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    pod: &str,
+    http_port: Option<i32>,
+) -> Pod {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let _ = sas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap(),
+        )
+        .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = eventually(Duration::from_secs(30), "deployment", || async {
+        deployments.get(deployment).await.ok()
+    })
+    .await;
+    let template = d.spec.unwrap().template;
+    let mut pod_spec = template.spec.unwrap();
+    if let Some(port) = http_port {
+        pod_spec.containers[0].ports.as_mut().unwrap()[0].container_port = port;
+        // Probes name the port; no kubelet runs them here.
+    }
+    let p = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod.into()),
+            labels: template.metadata.unwrap().labels,
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &p).await.expect("pod created")
+}
+
+/// Play the kubelet: write a pod's status.
+pub async fn set_pod_status(client: &Client, ns: &str, pod: &str, status: serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status})))
+        .await
+        .expect("pod status");
 }
