@@ -205,7 +205,7 @@ async fn real_k8s_models_train_serve_retrain_fail_and_roll_back() {
 
     // v1: trained from the topic, then Ready with its metrics.
     let models: Api<Model> = Api::namespaced(client.clone(), &ns.name);
-    apply_model(&models, &model_yaml("usage", &train_topic, 2, "")).await;
+    apply_model(&models, &model_yaml("usage", &train_topic, 2, "  schedule: \"0 3 * * *\"\n")).await;
     let (ok, out) = play_training(&client, &ns.name, "usage", 1).await;
     assert!(ok, "training v1: {out}");
     let st = eventually(Duration::from_secs(60), "usage Ready v1", || async {
@@ -218,6 +218,11 @@ async fn real_k8s_models_train_serve_retrain_fail_and_roll_back() {
     assert_eq!(metrics.records, Some(600), "{st:?}");
     assert!(metrics.threshold.is_some_and(|t| t > 0.9) && metrics.seconds.is_some());
     assert!(st.last_trained_time.is_some());
+    // The operator owns the schedule, so the status says when it trains next.
+    let next = st.next_training_time.clone().expect("next training time").0;
+    let in_hours = (next.as_second() - k8s_openapi::jiff::Timestamp::now().as_second()) as f64 / 3600.0;
+    assert!(in_hours > 0.0 && in_hours <= 24.0, "next training in {in_hours} h: {next}");
+    assert_eq!(next.to_string().get(11..19), Some("03:00:00"), "{next}");
     let trained = st.conditions.iter().find(|c| c.type_ == "Trained").unwrap();
     assert_eq!((trained.status.as_str(), trained.reason.as_str()), ("True", "Trained"), "{trained:?}");
 
