@@ -14,32 +14,90 @@
 
 use serde::{Deserialize, Serialize};
 
-const LEAF: u32 = u32::MAX;
+const LEAF: u16 = u16::MAX;
 const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
 
-/// One node; a leaf when `feature == u32::MAX`.
+/// One node, 16 bytes (a forest of 100 trees fits in a core's cache); a
+/// leaf when `feature == u16::MAX`. The left child is always the next node.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Node {
-    /// The split feature, or `u32::MAX` for a leaf.
-    pub feature: u32,
+    /// The split feature, or `u16::MAX` for a leaf.
+    pub feature: u16,
     /// Split value (x < value goes left); for a leaf, c(size).
-    pub value: f64,
-    /// Index of the left child (the right one follows its subtree).
-    pub left: u32,
+    pub value: f32,
     /// Index of the right child.
     pub right: u32,
-    /// Training records that reached this node.
-    pub size: u32,
+    /// ln(parent's size / this node's size): what the split that leads here
+    /// adds to its feature's part in isolating a point (0 at the root).
+    pub isolation: f32,
 }
 
-/// A fitted forest.
+/// A fitted forest, each tree laid out as a complete binary tree of the
+/// height limit (heap order: the children of node i are 2i+1 and 2i+2).
+/// A leaf above the bottom becomes a chain of pass-through nodes (split at the
+/// largest f32: always left) down to a bottom slot holding its path length.
+/// Scoring is then the same number of branch-free steps for every tree,
+/// which the core overlaps across trees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Forest {
     /// Records per tree.
     pub sample_size: usize,
-    /// Each tree's nodes, root first.
-    pub trees: Vec<Vec<Node>>,
+    /// The height limit: steps from the root to a bottom slot.
+    pub depth: usize,
+    /// The trees.
+    pub trees: Vec<HeapTree>,
+}
+
+/// One tree in heap order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeapTree {
+    /// Split feature of each inner node (2^depth - 1 of them).
+    pub feature: Vec<u16>,
+    /// Split value of each inner node (x < value goes left).
+    pub value: Vec<f32>,
+    /// For every node but the root: ln(parent's size / this node's size),
+    /// its feature's part in isolating a point that goes there; 0 for
+    /// pass-through nodes. Indexed by node - 1.
+    pub isolation: Vec<f32>,
+    /// Path length (depth of the real leaf + c(leaf size)) of each bottom
+    /// slot (2^depth of them).
+    pub leaf: Vec<f32>,
+}
+
+impl HeapTree {
+    /// From the grown tree (`nodes`, left child next, right by index).
+    fn from_nodes(nodes: &[Node], depth: usize) -> HeapTree {
+        let inner = (1usize << depth) - 1;
+        let mut t = HeapTree {
+            feature: vec![0; inner],
+            value: vec![f32::MAX; inner],
+            isolation: vec![0.0; 2 * inner + 1],
+            leaf: vec![0.0; inner + 1],
+        };
+        // (node in `nodes`, heap position, depth)
+        let mut stack = vec![(0usize, 0usize, 0usize)];
+        while let Some((n, pos, d)) = stack.pop() {
+            let node = nodes[n];
+            if pos > 0 {
+                t.isolation[pos - 1] = node.isolation;
+            }
+            if node.feature == LEAF {
+                // Down the left edge to the bottom.
+                let mut p = pos;
+                for _ in d..depth {
+                    p = 2 * p + 1;
+                }
+                t.leaf[p - inner] = d as f32 + node.value;
+                continue;
+            }
+            t.feature[pos] = node.feature;
+            t.value[pos] = node.value;
+            stack.push((n + 1, 2 * pos + 1, d + 1));
+            stack.push((node.right as usize, 2 * pos + 2, d + 1));
+        }
+        t
+    }
 }
 
 /// c(n): the average path length of an unsuccessful BST search among n.
@@ -88,6 +146,7 @@ impl Forest {
         let limit = (psi as f64).log2().ceil() as usize;
         let width = data.first().map_or(0, Vec::len);
         let mut forest = Vec::with_capacity(trees);
+        let limit = limit.max(1);
         let mut idx: Vec<usize> = (0..data.len()).collect();
         for _ in 0..trees {
             // Partial Fisher-Yates: a sample without replacement.
@@ -98,51 +157,61 @@ impl Forest {
             let mut sample: Vec<usize> = idx[..psi.min(idx.len())].to_vec();
             let mut nodes = Vec::new();
             grow(data, &mut sample, 0, limit, width, &mut rng, &mut nodes);
-            forest.push(nodes);
+            forest.push(HeapTree::from_nodes(&nodes, limit));
         }
-        Forest { sample_size: psi, trees: forest }
+        Forest { sample_size: psi, depth: limit, trees: forest }
     }
 
     /// s(x) in (0, 1]; `parts` gets each feature's part in isolating x: a
     /// split that sends x from n training records to m adds ln(n / m) to
     /// its feature (the parts of one tree sum to ln(sample / leaf size)).
     pub fn score(&self, x: &[f64], parts: &mut [f64]) -> f64 {
-        let mut total = 0.0;
-        for tree in &self.trees {
-            let mut i = 0usize;
-            let mut depth = 0.0;
-            loop {
-                let n = tree[i];
-                if n.feature == LEAF {
-                    total += depth + n.value;
-                    break;
+        let mut total = 0.0f64;
+        let inner = (1usize << self.depth) - 1;
+        // Four trees in step: independent walks the core overlaps.
+        let mut groups = self.trees.chunks_exact(4);
+        for g in &mut groups {
+            let mut at = [0usize; 4];
+            for _ in 0..self.depth {
+                for (lane, t) in g.iter().enumerate() {
+                    let i = at[lane];
+                    let f = usize::from(t.feature[i]);
+                    let next = 2 * i + 1 + usize::from(x[f] >= f64::from(t.value[i]));
+                    parts[f] += f64::from(t.isolation[next - 1]);
+                    at[lane] = next;
                 }
-                let f = n.feature as usize;
-                i = if x[f] < n.value { n.left } else { n.right } as usize;
-                if let Some(p) = parts.get_mut(f) {
-                    *p += (f64::from(n.size.max(1)) / f64::from(tree[i].size.max(1))).ln();
-                }
-                depth += 1.0;
             }
+            for (lane, t) in g.iter().enumerate() {
+                total += f64::from(t.leaf[at[lane] - inner]);
+            }
+        }
+        for t in groups.remainder() {
+            let mut i = 0usize;
+            for _ in 0..self.depth {
+                let f = usize::from(t.feature[i]);
+                i = 2 * i + 1 + usize::from(x[f] >= f64::from(t.value[i]));
+                parts[f] += f64::from(t.isolation[i - 1]);
+            }
+            total += f64::from(t.leaf[i - inner]);
         }
         let mean = total / self.trees.len().max(1) as f64;
         let cn = c(self.sample_size).max(f64::MIN_POSITIVE);
         2f64.powf(-mean / cn)
     }
 
-    /// Every index in bounds, every feature below `width`.
+    /// Every array of the right length, every feature below `width`.
     pub fn check(&self, width: usize) -> bool {
-        !self.trees.is_empty()
+        let Some(inner) = 1usize.checked_shl(self.depth as u32).map(|n| n - 1) else { return false };
+        self.depth >= 1
+            && self.depth <= 16
+            && width > 0
+            && !self.trees.is_empty()
             && self.trees.iter().all(|t| {
-                !t.is_empty()
-                    && t.iter().enumerate().all(|(i, n)| {
-                        n.feature == LEAF
-                            || ((n.feature as usize) < width
-                                && (n.left as usize) > i
-                                && (n.left as usize) < t.len()
-                                && (n.right as usize) > i
-                                && (n.right as usize) < t.len())
-                    })
+                t.feature.len() == inner
+                    && t.value.len() == inner
+                    && t.isolation.len() == 2 * inner + 1
+                    && t.leaf.len() == inner + 1
+                    && t.feature.iter().all(|f| usize::from(*f) < width)
             })
     }
 }
@@ -158,10 +227,10 @@ fn grow(
 ) -> u32 {
     let at = nodes.len() as u32;
     let leaf = |nodes: &mut Vec<Node>, n: usize| {
-        nodes.push(Node { feature: LEAF, value: c(n), left: 0, right: 0, size: n as u32 });
+        nodes.push(Node { feature: LEAF, value: c(n) as f32, right: 0, isolation: 0.0 });
         at
     };
-    if depth >= limit || rows.len() <= 1 || width == 0 {
+    if depth >= limit || rows.len() <= 1 || width == 0 || width >= usize::from(LEAF) {
         return leaf(nodes, rows.len());
     }
     // A random feature that varies in this node (give up after a few tries:
@@ -180,8 +249,13 @@ fn grow(
     let Some((f, lo, hi)) = choice else {
         return leaf(nodes, rows.len());
     };
-    let split = lo + rng.unit() * (hi - lo);
-    let split = if split <= lo { (lo + hi) / 2.0 } else { split };
+    // Stored as f32 (the node's size); rounded before partitioning so that
+    // scoring sends a point where training sent it.
+    let split = f64::from((lo + rng.unit() * (hi - lo)) as f32);
+    let split = if split <= lo || split > hi { f64::from(((lo + hi) / 2.0) as f32) } else { split };
+    if split <= lo || split > hi {
+        return leaf(nodes, rows.len());
+    }
     let mut k = 0;
     for i in 0..rows.len() {
         if data[rows[i]][f] < split {
@@ -189,12 +263,16 @@ fn grow(
             k += 1;
         }
     }
-    nodes.push(Node { feature: f as u32, value: split, left: 0, right: 0, size: rows.len() as u32 });
+    nodes.push(Node { feature: f as u16, value: split as f32, right: 0, isolation: 0.0 });
+    let n = rows.len().max(1) as f64;
     let (l, r) = rows.split_at_mut(k);
+    let (nl, nr) = (l.len().max(1) as f64, r.len().max(1) as f64);
     let left = grow(data, l, depth + 1, limit, width, rng, nodes);
     let right = grow(data, r, depth + 1, limit, width, rng, nodes);
-    nodes[at as usize].left = left;
+    debug_assert_eq!(left, at + 1);
     nodes[at as usize].right = right;
+    nodes[left as usize].isolation = (n / nl).ln() as f32;
+    nodes[right as usize].isolation = (n / nr).ln() as f32;
     at
 }
 
@@ -223,6 +301,7 @@ mod tests {
         let data: Vec<Vec<f64>> = (0..2000).map(|_| vec![normal(), normal()]).collect();
         let forest = Forest::fit(&data, 100, 256, 7);
         assert!(forest.check(2));
+        assert!(!forest.check(0));
         let mut parts = [0.0; 2];
         let outlier = forest.score(&[6.0, 0.0], &mut parts);
         assert!(parts[0] > parts[1], "the x feature isolates the outlier: {parts:?}");
