@@ -445,8 +445,14 @@ impl Fitted {
                     }
                 }
                 // log-sum-exp over components.
+                // Components more than e^36 less likely than the best add
+                // nothing a double can hold: no exp for them.
                 let sum: f64 = if means.len() <= logs.len() {
-                    logs[..means.len()].iter().map(|l| (l - total_max).exp()).sum()
+                    logs[..means.len()]
+                        .iter()
+                        .filter(|l| **l > total_max - 36.0)
+                        .map(|l| (l - total_max).exp())
+                        .sum()
                 } else {
                     1.0
                 };
