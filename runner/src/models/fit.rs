@@ -79,6 +79,9 @@ pub fn fit(
             let model = linfa_clustering::KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
                 .max_n_iterations(iterations)
                 .tolerance(1e-4)
+                // One k-means++ start, as scikit-learn's default (linfa's
+                // is ten).
+                .n_runs(1)
                 .fit(&ds)
                 .map_err(|e| format!("k-means: {e}"))?;
             let centroids = model.centroids().rows().into_iter().map(|r| r.to_vec()).collect();

@@ -233,19 +233,19 @@ fn grow(
     if depth >= limit || rows.len() <= 1 || width == 0 || width >= usize::from(LEAF) {
         return leaf(nodes, rows.len());
     }
-    // A random feature that varies in this node (give up after a few tries:
-    // the records are then all equal, or nearly).
-    let mut choice = None;
-    for _ in 0..width.max(4) {
-        let f = rng.below(width);
+    // A random feature among those that vary in this node (as the paper's
+    // implementation and scikit-learn's do: constant features are never
+    // drawn, so data with many constant columns still isolates).
+    let mut varying = Vec::with_capacity(width);
+    for f in 0..width {
         let (lo, hi) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
             (lo.min(data[*r][f]), hi.max(data[*r][f]))
         });
         if hi > lo {
-            choice = Some((f, lo, hi));
-            break;
+            varying.push((f, lo, hi));
         }
     }
+    let choice = (!varying.is_empty()).then(|| varying[rng.below(varying.len())]);
     let Some((f, lo, hi)) = choice else {
         return leaf(nodes, rows.len());
     };
@@ -311,5 +311,48 @@ mod tests {
         // extreme training points, so its score is theirs.)
         assert!(outlier > 0.6, "outlier {outlier}");
         assert!(centre < 0.45, "centre {centre}");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Path length of `x` in a grown tree, walked node by node.
+    fn path(nodes: &[Node], x: &[f64]) -> f64 {
+        let (mut i, mut d) = (0usize, 0.0);
+        loop {
+            let n = nodes[i];
+            if n.feature == LEAF {
+                return d + f64::from(n.value);
+            }
+            i = if x[usize::from(n.feature)] < f64::from(n.value) { i + 1 } else { n.right as usize };
+            d += 1.0;
+        }
+    }
+
+    #[test]
+    fn the_heap_layout_gives_the_grown_trees_path_lengths() {
+        let mut rng = Rng::new(3);
+        // Some constant columns and ties, as pixel data has.
+        let data: Vec<Vec<f64>> = (0..600)
+            .map(|_| vec![rng.below(4) as f64, 0.0, rng.unit(), (rng.below(17) as f64) / 16.0])
+            .collect();
+        let psi = 256;
+        let limit = 8;
+        for seed in 0..5 {
+            let mut r = Rng::new(seed);
+            let mut rows: Vec<usize> = (0..psi).collect();
+            let mut nodes = Vec::new();
+            grow(&data, &mut rows, 0, limit, 4, &mut r, &mut nodes);
+            let heap = HeapTree::from_nodes(&nodes, limit);
+            let forest = Forest { sample_size: psi, depth: limit, trees: vec![heap] };
+            for x in data.iter().take(200) {
+                let expected = path(&nodes, x);
+                let s = forest.score(x, &mut [0.0; 4]);
+                let got = -s.log2() * c(psi);
+                assert!((got - expected).abs() < 1e-4, "seed {seed}: heap {got}, nodes {expected}");
+            }
+        }
     }
 }
