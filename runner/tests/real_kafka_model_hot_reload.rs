@@ -187,3 +187,30 @@ async fn real_kafka_a_new_model_version_is_served_without_a_restart_or_a_lost_re
     pinned.wait_ready(Duration::from_secs(60));
     assert_eq!(pinned.metric("vigil_model_version"), Some(2.0), "{}", pinned.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_kafka_an_artifact_larger_than_a_kafka_record_goes_through_the_registry_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = format!("{}-models", unique_name("big"));
+    kafka::create_topic(&registry, 1, &[("cleanup.policy", "compact")]).await.unwrap();
+    let data = dir.path().join("train.jsonl");
+    let rows: String = (0..3000)
+        .map(|i| format!("{{\"cpu\": {}, \"mem\": {}}}\n", (i * 7919) % 101, (i * 104729) % 97))
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    // 1000 trees: several MB of parameters, over Kafka's 1 MiB record limit.
+    let manifest = "apiVersion: vigil.dev/v1alpha1\nkind: Model\nmetadata: {name: forest}\nspec:\n  algorithm: isolationForest\n  params: {trees: 1000, sampleSize: 256, seed: 1}\n  features: [cpu, mem]\n  training: {file: x.jsonl, format: json}\n";
+    train(dir.path(), manifest, &data, &registry, 1);
+    let artifact = dir.path().join("models/forest-v1.vmodel");
+    let size = std::fs::metadata(&artifact).unwrap().len();
+    assert!(size > 2 * 1024 * 1024, "the artifact is {size} bytes");
+    serve(&registry, "forest", 1);
+    let settings = KafkaSettings { bootstrap: vigil_e2e::kafka().to_string(), ..KafkaSettings::default() };
+    let watcher =
+        vigil_runner::models::registry::Watcher::start(&settings, &registry, "tests", "forest", None)
+            .unwrap();
+    let model = watcher.next(Duration::from_secs(60)).expect("the artifact is reassembled from its chunks");
+    assert_eq!(model.version(), 1);
+    let local = vigil_runner::models::Artifact::read(&artifact).unwrap();
+    assert_eq!(model.artifact.to_bytes(), local.to_bytes(), "the same artifact, byte for byte");
+}
