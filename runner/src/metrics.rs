@@ -28,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "vigil_runner_stalled",
     "vigil_runner_stalls_total",
     "vigil_dead_letters_truncated_total",
+    "vigil_model_version",
 ];
 
 /// Label of the dead-letter counter.
