@@ -13,6 +13,10 @@
                   pressure at minute 100 for 3 minutes. Some readings lack
                   pressure (filled by the pipeline), and three lines are
                   malformed on purpose to show the dead-letter path.
+  sensors-known-good.jsonl
+                  The first 75 minutes of sensors.jsonl, before either fault
+                  and without the malformed lines: the known-good history a
+                  Model of normal behaviour is trained on.
   bearings.csv    Labelled readings for supervised models: 3000 readings of
                   four machines (temperature, vibration, pressure), 10% of
                   them from a failing bearing (vibration and temperature
@@ -74,6 +78,10 @@ def sensors():
             if rng.random() > 0.03:
                 readings["pressure_kpa"] = round(pressure, 1)
             lines.append(json.dumps({"machine": m, "site": site, "ts": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "readings": readings}))
+    known_good = [line for line, i in zip(lines, (j // 4 for j in range(len(lines)))) if i < 450]
+    with open(os.path.join(HERE, "sensors-known-good.jsonl"), "w", newline="\n") as f:
+        f.write("\n".join(known_good) + "\n")
+    print(f"wrote sensors-known-good.jsonl: {len(known_good)} lines")
     # Malformed on purpose: the pipeline must dead-letter these and carry on.
     lines.insert(100, '{"machine": "m-1", "site": "plant-a", "ts": "2026-11-01T08:04:10Z", "readings": {"temp_c": 60.1,')
     lines.insert(200, json.dumps({"machine": "m-4", "site": "plant-b", "ts": "2026-11-01T08:08:20Z", "readings": {"temp_c": "hot", "vibration_mm_s": 2.0, "pressure_kpa": 301.0}}))
