@@ -295,8 +295,12 @@ async fn real_k8s_models_train_serve_retrain_fail_and_roll_back() {
         "every record scored exactly once"
     );
     assert!(all.iter().any(|(_, v)| *v == 2), "records scored by v2");
-    let st = model_status(&models, "usage").await;
-    assert_eq!((st.latest_version, st.serving_version, st.versions.clone()), (Some(2), Some(2), vec![1, 2]));
+    let st = eventually(Duration::from_secs(30), "status servingVersion 2", || async {
+        let st = model_status(&models, "usage").await;
+        (st.serving_version == Some(2)).then_some(st)
+    })
+    .await;
+    assert_eq!((st.latest_version, st.versions.clone()), (Some(2), vec![1, 2]));
     eventually(Duration::from_secs(60), "status.modelVersion 2 from the runners", || async {
         let p = pipelines.get("scored").await.ok()?;
         (p.status?.model_version == Some(2)).then_some(())
@@ -331,8 +335,14 @@ async fn real_k8s_models_train_serve_retrain_fail_and_roll_back() {
         (served(port).await == Some(1)).then_some(())
     })
     .await;
-    let st = model_status(&models, "usage").await;
-    assert_eq!((st.serving_version, st.latest_version), (Some(1), Some(2)), "{st:?}");
+    // The pointer is written before the status: wait for the status.
+    let st = eventually(Duration::from_secs(30), "status servingVersion 1", || async {
+        let st = model_status(&models, "usage").await;
+        (st.serving_version == Some(1)).then_some(st)
+    })
+    .await;
+    assert_eq!(st.latest_version, Some(2), "{st:?}");
+    assert_eq!(st.phase, Some(ModelPhase::Ready), "{st:?}");
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     assert!(
         jobs.get_opt(&vigil_operator::model::job_name("usage", 4)).await.unwrap().is_none(),
