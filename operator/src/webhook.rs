@@ -212,6 +212,15 @@ pub async fn review_request(request: &AdmissionRequest<DynamicObject>, client: &
     let Some(object) = &request.object else {
         return response;
     };
+    // An update that leaves the spec as it was (a finalizer, a label, an
+    // annotation) is not the user's change to judge: refusing it would stop
+    // the operator from adding or removing its finalizer on a Pipeline
+    // admitted before (by an older operator, or while the webhook was down).
+    if let Some(old) = &request.old_object {
+        if old.data.get("spec") == object.data.get("spec") {
+            return response;
+        }
+    }
     // The API server has checked the schema and the CEL rules before it
     // calls a validating webhook; what is left is what they cannot express.
     // A spec this operator cannot read (a newer CRD with fields it does not

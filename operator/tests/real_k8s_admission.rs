@@ -91,6 +91,19 @@ fn assert_refused((ok, out): (bool, String), expected: &[&str]) {
     }
 }
 
+/// Apply until the API server stops calling a webhook configuration just
+/// deleted (it may for a moment): whether it was stored.
+async fn eventually_apply(ns: &str, yaml: &str, dir: &tempfile::TempDir) -> bool {
+    for _ in 0..50 {
+        let (ok, _) = apply(ns, yaml, dir);
+        if ok {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_k8s_admission_webhook_refuses_what_the_runner_would() {
     let client = kube_client().await.unwrap();
@@ -166,6 +179,41 @@ async fn real_k8s_admission_webhook_refuses_what_the_runner_would() {
     let later = pipeline("later", "[]", "{modelRef: {name: not-yet}}");
     let (ok, out) = apply(&ns.name, &later, &dir);
     assert!(ok && out.contains("Model not-yet does not exist"), "admitted with a warning: {out}");
+
+    // A Pipeline admitted before (here: created while the webhook was not
+    // configured for this namespace) is still invalid, but a change that
+    // leaves its spec alone (the operator's finalizer, a label) is admitted.
+    let patch =
+        serde_json::json!({"metadata": {"labels": {"team": "a"}, "finalizers": ["vigil.dev/topics"]}});
+    let pipelines: Api<vigil_crds::Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let selector = |ns: &str| {
+        serde_json::json!({"webhooks": [{"name": "validate.vigil.dev",
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}]})
+    };
+    let pp = kube::api::PatchParams::default();
+    // The webhook looks elsewhere for a moment: the invalid Pipeline is stored.
+    configs.patch(&config, &pp, &kube::api::Patch::Strategic(selector("elsewhere"))).await.unwrap();
+    let stale =
+        pipeline("stale", r#"[{filter: {expr: "cpu * 2"}}]"#, "{algorithm: robustZ, features: [cpu]}");
+    let created = eventually_apply(&ns.name, &stale, &dir).await;
+    assert!(created, "without the webhook, the invalid Pipeline is stored");
+    configs.patch(&config, &pp, &kube::api::Patch::Strategic(selector(&ns.name))).await.unwrap();
+    pipelines
+        .patch("stale", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("a metadata-only change to an admitted Pipeline is not refused");
+    let respec = r#"[{filter: {expr: "cpu * 3"}}]"#;
+    let (ok, out) =
+        apply(&ns.name, &pipeline("stale", respec, "{algorithm: robustZ, features: [cpu]}"), &dir);
+    assert!(!ok && out.contains("denied the request"), "a spec change is judged: {out}");
+    pipelines
+        .patch(
+            "stale",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
 
     // Every example is admitted (server-side dry run goes through webhooks).
     let examples: Vec<PathBuf> =

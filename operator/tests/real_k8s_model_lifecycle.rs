@@ -354,5 +354,11 @@ async fn real_k8s_models_train_serve_retrain_fail_and_roll_back() {
 
     let _ = runner.kill();
     let _ = runner.wait();
+    // Gone before the operator stops, so no finalizer is left behind.
+    pipelines.delete("scored", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "the Pipeline deleted", || async {
+        pipelines.get_opt("scored").await.ok()?.is_none().then_some(())
+    })
+    .await;
     ns.cleanup().await.unwrap();
 }
