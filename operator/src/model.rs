@@ -700,6 +700,8 @@ pub fn training_job(
             "--version".into(),
             version.to_string(),
             "--publish".into(),
+            "--keep".into(),
+            KEEP_VERSIONS.to_string(),
         ]),
         env: Some(envs),
         volume_mounts: Some(mounts),

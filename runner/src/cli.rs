@@ -97,6 +97,10 @@ pub enum Command {
         /// The registry topic.
         #[arg(long, env = "VIGIL_MODEL_REGISTRY", default_value = crate::models::registry::DEFAULT_TOPIC)]
         registry_topic: String,
+        /// After publishing, remove all but this many newest versions of the
+        /// Model from the registry.
+        #[arg(long, requires = "publish")]
+        keep: Option<usize>,
         /// Namespace of the Model in the registry, when the manifest has none.
         #[arg(long, env = "VIGIL_NAMESPACE", default_value = "default")]
         namespace: String,
@@ -235,6 +239,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kafka_secret_dir,
             publish,
             registry_topic,
+            keep,
             namespace,
             termination_log,
         } => {
@@ -251,6 +256,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bootstrap: bootstrap_servers,
                     kafka_secret_dir,
                     publish: publish.then_some((registry_topic, namespace)),
+                    keep,
                 };
                 crate::models::train::train(&model, &opts)
             })();

@@ -214,3 +214,42 @@ async fn real_kafka_an_artifact_larger_than_a_kafka_record_goes_through_the_regi
     let local = vigil_runner::models::Artifact::read(&artifact).unwrap();
     assert_eq!(model.artifact.to_bytes(), local.to_bytes(), "the same artifact, byte for byte");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_kafka_old_versions_are_removed_from_the_registry_beyond_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = format!("{}-models", unique_name("keep"));
+    kafka::create_topic(&registry, 1, &[("cleanup.policy", "compact")]).await.unwrap();
+    let data = dir.path().join("train.jsonl");
+    let rows: String =
+        (0..300).map(|i| format!("{{\"cpu\": {}, \"mem\": {}}}\n", 40 + i % 7, 60 + i % 5)).collect();
+    std::fs::write(&data, rows).unwrap();
+    let file = dir.path().join("model.yaml");
+    std::fs::write(&file, model("kept", 2)).unwrap();
+    for version in 1..=4 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["train", file.to_str().unwrap(), "--input", data.to_str().unwrap()])
+            .args([
+                "--output",
+                dir.path().join("models").to_str().unwrap(),
+                "--version",
+                &version.to_string(),
+            ])
+            .args(["--publish", "--registry-topic", &registry, "--namespace", "tests", "--keep", "2"])
+            .env("VIGIL_KAFKA_BOOTSTRAP", vigil_e2e::kafka())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let settings = KafkaSettings { bootstrap: vigil_e2e::kafka().to_string(), ..KafkaSettings::default() };
+    let kept = vigil_runner::models::registry::versions(&settings, &registry, "tests", "kept").unwrap();
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![3, 4], "the newest two are kept");
+    // A pin on a removed version never gets an artifact; a kept one does.
+    let gone = vigil_runner::models::registry::Watcher::start(&settings, &registry, "tests", "kept", Some(1))
+        .unwrap();
+    let there =
+        vigil_runner::models::registry::Watcher::start(&settings, &registry, "tests", "kept", Some(3))
+            .unwrap();
+    assert_eq!(there.next(Duration::from_secs(30)).map(|m| m.version()), Some(3));
+    assert!(gone.next(Duration::from_secs(3)).is_none(), "version 1 was removed");
+}

@@ -126,6 +126,82 @@ pub fn set_serving(
     flush(&p, "the serving version")
 }
 
+/// The versions of a Model in the registry (those whose manifest is there),
+/// with their chunk counts; read from the start to the current end.
+pub fn versions(
+    settings: &KafkaSettings,
+    topic: &str,
+    namespace: &str,
+    model: &str,
+) -> Result<BTreeMap<i64, usize>> {
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("vigil-registry-{namespace}-{model}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", (CHUNK + 64 * 1024).to_string())
+        .create()
+        .context("creating the registry reader")?;
+    let timeout = Duration::from_secs(30);
+    let (low, high) = consumer.fetch_watermarks(topic, 0, timeout).context("reading the model registry")?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let prefix = prefix(namespace, model);
+    let mut found = BTreeMap::new();
+    let mut next = low;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while next < high {
+        if std::time::Instant::now() > deadline {
+            bail!("reading the model registry {topic}: not at its end after 120 s");
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = msg.context("reading the model registry")?;
+        next = m.offset() + 1;
+        let Some(rest) =
+            m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.strip_prefix(&prefix))
+        else {
+            continue;
+        };
+        let Some(v) = rest.strip_prefix('v').filter(|r| !r.contains('/')).and_then(|v| v.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        match m.payload().and_then(|p| serde_json::from_slice::<VersionManifest>(p).ok()) {
+            Some(manifest) => found.insert(v, manifest.chunks),
+            None => found.remove(&v),
+        };
+    }
+    Ok(found)
+}
+
+/// Tombstone every version of the Model older than the newest `keep`
+/// (manifest first, so a reader never sees a version without its chunks);
+/// compaction then removes them. Returns the versions removed.
+pub fn prune(
+    settings: &KafkaSettings,
+    topic: &str,
+    namespace: &str,
+    model: &str,
+    keep: usize,
+) -> Result<Vec<i64>> {
+    let present = versions(settings, topic, namespace, model)?;
+    let old: Vec<(i64, usize)> = present.iter().rev().skip(keep.max(1)).map(|(v, c)| (*v, *c)).collect();
+    if old.is_empty() {
+        return Ok(Vec::new());
+    }
+    let p = producer(settings)?;
+    for (v, chunks) in &old {
+        let base = vigil_crds::registry::version_key(namespace, model, *v);
+        send(&p, BaseRecord::<String, [u8]>::to(topic).key(&base))?;
+        for i in 0..*chunks {
+            let key = format!("{base}/chunk/{i}");
+            send(&p, BaseRecord::<String, [u8]>::to(topic).key(&key))?;
+        }
+    }
+    flush(&p, "tombstones of old versions")?;
+    Ok(old.into_iter().map(|(v, _)| v).collect())
+}
+
 /// What a reader has seen of one Model.
 #[derive(Debug, Default)]
 struct Seen {

@@ -35,6 +35,8 @@ pub struct Options {
     pub kafka_secret_dir: Option<PathBuf>,
     /// Publish the artifact to this registry topic, under this namespace.
     pub publish: Option<(String, String)>,
+    /// After publishing, keep only this many newest versions in the registry.
+    pub keep: Option<usize>,
 }
 
 /// The outcome of one training run.
@@ -156,6 +158,12 @@ pub fn train(model: &Model, opts: &Options) -> Result<Trained> {
             "Published Model {namespace}/{name} v{version} to the registry topic {topic} ({} chunk(s), sha256 {})",
             manifest.chunks, manifest.sha256
         );
+        if let Some(keep) = opts.keep {
+            let removed = super::registry::prune(&settings, topic, namespace, &name, keep)?;
+            if !removed.is_empty() {
+                eprintln!("Removed versions {removed:?} from the registry (keeping the newest {keep})");
+            }
+        }
     }
     let m = &artifact.metadata;
     eprintln!(
