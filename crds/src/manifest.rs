@@ -219,46 +219,41 @@ pub fn yaml_files(paths: &[std::path::PathBuf]) -> std::io::Result<Vec<std::path
 /// Read the single Pipeline in `text` (a file with exactly one Pipeline; other
 /// kinds are ignored).
 pub fn single_pipeline(text: &str) -> Result<Pipeline, Invalid> {
-    let mut found = None;
-    for doc in parse_all(text) {
-        match doc? {
-            Manifest::Pipeline(p) if found.is_none() => found = Some(*p),
-            Manifest::Pipeline(p) => {
-                return Err(Invalid {
-                    kind: "Pipeline".into(),
-                    name: p.metadata.name.unwrap_or_default(),
-                    errors: vec!["the file holds more than one Pipeline; pass a file with one".into()],
-                });
-            }
-            Manifest::Model(_) | Manifest::Other { .. } => {}
-        }
-    }
-    found.ok_or_else(|| Invalid {
-        kind: "Pipeline".into(),
-        name: String::new(),
-        errors: vec!["the file holds no Pipeline".into()],
+    single(text, "Pipeline", |m| match m {
+        Manifest::Pipeline(p) => Ok(*p),
+        other => Err(other),
     })
 }
 
 /// The one Model in a manifest file (`vigil train`).
 pub fn single_model(text: &str) -> Result<Model, Invalid> {
+    single(text, "Model", |m| match m {
+        Manifest::Model(m) => Ok(*m),
+        other => Err(other),
+    })
+}
+
+/// The one resource of `kind` in a file; others are ignored, two is an error.
+fn single<T: kube::Resource>(
+    text: &str,
+    kind: &str,
+    pick: impl Fn(Manifest) -> Result<T, Manifest>,
+) -> Result<T, Invalid> {
     let mut found = None;
     for doc in parse_all(text) {
-        match doc? {
-            Manifest::Model(m) if found.is_none() => found = Some(*m),
-            Manifest::Model(m) => {
-                return Err(Invalid {
-                    kind: "Model".into(),
-                    name: m.metadata.name.unwrap_or_default(),
-                    errors: vec!["the file holds more than one Model; pass a file with one".into()],
-                });
-            }
-            Manifest::Pipeline(_) | Manifest::Other { .. } => {}
+        let Ok(item) = pick(doc?) else { continue };
+        if found.is_some() {
+            return Err(Invalid {
+                kind: kind.into(),
+                name: item.meta().name.clone().unwrap_or_default(),
+                errors: vec![format!("the file holds more than one {kind}; pass a file with one")],
+            });
         }
+        found = Some(item);
     }
     found.ok_or_else(|| Invalid {
-        kind: "Model".into(),
+        kind: kind.into(),
         name: String::new(),
-        errors: vec!["the file holds no Model".into()],
+        errors: vec![format!("the file holds no {kind}")],
     })
 }

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, ObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -673,21 +673,7 @@ pub fn training_job(
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     if let Some(secret) = m.spec.training.kafka.as_ref().and_then(|k| k.secret_ref.as_ref()) {
-        envs.push(env("VIGIL_KAFKA_SECRET_DIR", crate::pipeline::children::KAFKA_SECRET_DIR));
-        mounts.push(VolumeMount {
-            name: "kafka".into(),
-            mount_path: crate::pipeline::children::KAFKA_SECRET_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: "kafka".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        crate::pipeline::children::mount_kafka_secret(&secret.name, &mut envs, &mut mounts, &mut volumes);
     }
     let container = Container {
         name: "train".into(),
@@ -706,13 +692,7 @@ pub fn training_job(
         env: Some(envs),
         volume_mounts: Some(mounts),
         resources: m.spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(crate::pipeline::children::container_security()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
@@ -734,17 +714,7 @@ pub fn training_job(
                     restart_policy: Some("Never".into()),
                     containers: vec![container],
                     volumes: Some(volumes),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(crate::pipeline::children::RUNNER_UID),
-                        run_as_group: Some(crate::pipeline::children::RUNNER_UID),
-                        fs_group: Some(crate::pipeline::children::RUNNER_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(crate::pipeline::children::pod_security()),
                     ..PodSpec::default()
                 }),
             },

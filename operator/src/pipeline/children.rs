@@ -179,6 +179,60 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The container security context of every Vigil workload (runners,
+/// training Jobs): no privilege escalation, a read-only root, no
+/// capabilities.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod security context of every Vigil workload: the image's non-root
+/// user, the runtime's default seccomp profile.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUNNER_UID),
+        run_as_group: Some(RUNNER_UID),
+        fs_group: Some(RUNNER_UID),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Mount the Kafka Secret `name` where `vigil` reads its client settings.
+pub fn mount_kafka_secret(
+    name: &str,
+    env: &mut Vec<EnvVar>,
+    mounts: &mut Vec<VolumeMount>,
+    volumes: &mut Vec<Volume>,
+) {
+    env.push(EnvVar {
+        name: "VIGIL_KAFKA_SECRET_DIR".into(),
+        value: Some(KAFKA_SECRET_DIR.into()),
+        value_from: None,
+    });
+    mounts.push(VolumeMount {
+        name: "kafka".into(),
+        mount_path: KAFKA_SECRET_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    volumes.push(Volume {
+        name: "kafka".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.to_string()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
@@ -245,21 +299,7 @@ pub fn deployment(
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     if let Some(secret) = &p.spec.kafka.secret_ref {
-        env_vars.push(env("VIGIL_KAFKA_SECRET_DIR", KAFKA_SECRET_DIR));
-        mounts.push(VolumeMount {
-            name: "kafka".into(),
-            mount_path: KAFKA_SECRET_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: "kafka".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        mount_kafka_secret(&secret.name, &mut env_vars, &mut mounts, &mut volumes);
     }
     if p.spec.storage.is_some() {
         mounts.push(VolumeMount {
@@ -301,13 +341,7 @@ pub fn deployment(
         liveness_probe: Some(probe("/healthz", 10, 6)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         resources: Some(p.spec.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         // The runner writes the error that ends it to the termination log;
         // a panic leaves the last log lines instead. The operator quotes
@@ -342,17 +376,7 @@ pub fn deployment(
                     // SIGTERM drains and commits; give it time.
                     termination_grace_period_seconds: Some(60),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUNNER_UID),
-                        run_as_group: Some(RUNNER_UID),
-                        fs_group: Some(RUNNER_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security()),
                     ..PodSpec::default()
                 }),
             },

@@ -176,12 +176,7 @@ pub async fn inspect(
     deployment: Option<&DeploymentStatus>,
 ) -> Result<Option<Problem>, kube::Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let selector = super::children::selector(pipeline)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = api.list(&ListParams::default().labels(&selector)).await?.items;
+    let pods = api.list(&ListParams::default().labels(&pod_selector(pipeline))).await?.items;
     let mut statuses = BTreeMap::new();
     for pod in &pods {
         let Some(c) = runner_container(pod) else { continue };
@@ -196,16 +191,16 @@ pub async fn inspect(
     Ok(diagnose(&pods, deployment, &statuses, Timestamp::now()))
 }
 
+/// The label selector of a Pipeline's runner pods.
+fn pod_selector(pipeline: &str) -> String {
+    super::children::selector(pipeline).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
 /// The model version the ready runner pods serve (from their `/status`);
 /// the lowest when they differ (during a switch).
 pub async fn served_model_version(client: &kube::Client, namespace: &str, pipeline: &str) -> Option<i64> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let selector = super::children::selector(pipeline)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = api.list(&ListParams::default().labels(&selector)).await.ok()?.items;
+    let pods = api.list(&ListParams::default().labels(&pod_selector(pipeline))).await.ok()?.items;
     let mut versions = Vec::new();
     for pod in &pods {
         if runner_container(pod).is_some_and(|c| c.ready) {

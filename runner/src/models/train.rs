@@ -147,12 +147,7 @@ pub fn train(model: &Model, opts: &Options) -> Result<Trained> {
     };
     let path = artifact.write(&opts.output).with_context(|| format!("Model {name}"))?;
     if let Some((topic, namespace)) = &opts.publish {
-        let kafka = spec.training.kafka.clone().unwrap_or_default();
-        let settings = crate::run::kafka_config::KafkaSettings::resolve(
-            &kafka,
-            opts.bootstrap.as_deref(),
-            opts.kafka_secret_dir.as_deref(),
-        )?;
+        let settings = training_kafka(spec, opts)?;
         let manifest = super::registry::publish(&settings, topic, namespace, &artifact)?;
         eprintln!(
             "Published Model {namespace}/{name} v{version} to the registry topic {topic} ({} chunk(s), sha256 {})",
@@ -181,6 +176,16 @@ pub fn train(model: &Model, opts: &Options) -> Result<Trained> {
         std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0),
     );
     Ok(Trained { path, artifact })
+}
+
+/// The Kafka connection of the training data (and of the registry).
+fn training_kafka(spec: &ModelSpec, opts: &Options) -> Result<crate::run::kafka_config::KafkaSettings> {
+    let kafka = spec.training.kafka.clone().unwrap_or_default();
+    crate::run::kafka_config::KafkaSettings::resolve(
+        &kafka,
+        opts.bootstrap.as_deref(),
+        opts.kafka_secret_dir.as_deref(),
+    )
 }
 
 fn raw_quantile(qs: &[f64], q: f64) -> f64 {
@@ -248,12 +253,7 @@ fn read_training_data(spec: &ModelSpec, opts: &Options) -> Result<(TrainingData,
     let Some(topic) = &spec.training.topic else {
         bail!("spec.training: set a file or a topic, or pass --input");
     };
-    let kafka = spec.training.kafka.clone().unwrap_or_default();
-    let settings = crate::run::kafka_config::KafkaSettings::resolve(
-        &kafka,
-        opts.bootstrap.as_deref(),
-        opts.kafka_secret_dir.as_deref(),
-    )?;
+    let settings = training_kafka(spec, opts)?;
     let mut collector = Collector::new(spec, enc.format, enc.columns.as_deref())?;
     let start = topic.start_time.as_ref().map(|t| t.0.as_millisecond());
     let end = topic.end_time.as_ref().map(|t| t.0.as_millisecond());
