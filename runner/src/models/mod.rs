@@ -328,7 +328,7 @@ impl Artifact {
                     && rows_ok(precisions, d * d)
             }
             Fitted::Pca { mean, components } => mean.len() == d && rows_ok(components, d),
-            Fitted::OneClassSvm { reference, .. } => rows_ok(reference, d),
+            Fitted::OneClassSvm { svm, reference } => rows_ok(reference, d) && svm_fits(svm, d),
             Fitted::IsolationForest(f) => f.check(d),
             Fitted::LogisticRegression { weights, means, .. } => weights.len() == d && means.len() == d,
             Fitted::DecisionTree { nodes } => {
@@ -349,6 +349,22 @@ impl Artifact {
         }
         Ok(())
     }
+}
+
+/// Whether a one-class SVM's support vectors have `d` features, as scoring
+/// needs (linfa keeps them private; their serialised form says).
+fn svm_fits(svm: &linfa_svm::Svm<f64, bool>, d: usize) -> bool {
+    let Ok(v) = serde_json::to_value(svm) else { return false };
+    let Some(sv) = v.get("sep_hyperplane").and_then(|h| h.get("WeightedCombination")) else { return false };
+    let dims: Vec<u64> = sv
+        .get("dim")
+        .and_then(|x| x.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    let data = sv.get("data").and_then(|x| x.as_array()).map_or(0, Vec::len);
+    // (Weights pair with support vectors by zip: their count is free.)
+    matches!(dims.as_slice(), [n, w] if *w as usize == d && data == *n as usize * d)
+        && matches!(v.get("kernel_method"), Some(k) if k.get("Gaussian").is_some_and(|g| g.as_f64().is_some_and(|e| e > 0.0)))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
