@@ -192,4 +192,44 @@ impl Context {
             }
         }
     }
+
+    /// Emit an Event about `reference`; failures are logged, never fatal.
+    pub async fn event(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+    ) {
+        let ev = kube::runtime::events::Event {
+            type_,
+            reason: reason.chars().take(128).collect(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(error = %e, "Could not publish an Event");
+        }
+    }
+
+    /// Apply an object the operator owns with server-side apply, as its
+    /// field manager (forcing conflicts: the operator's fields are its own).
+    pub async fn apply<K>(&self, namespace: &str, obj: &K) -> Result<K, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let mut body = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+        body["apiVersion"] = K::api_version(&()).into();
+        body["kind"] = K::kind(&()).into();
+        let pp = kube::api::PatchParams::apply(crate::pipeline::FIELD_MANAGER).force();
+        api.patch(&name, &pp, &kube::api::Patch::Apply(&body)).await
+    }
 }

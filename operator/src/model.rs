@@ -19,15 +19,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, ObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, info_span, warn};
@@ -521,17 +520,7 @@ async fn patch_status(ctx: &Context, m: &Model, old: &ModelStatus, new: ModelSta
 
 /// Emit an Event about the Model; failures are logged, never fatal.
 async fn publish(ctx: &Context, m: &Model, type_: EventType, reason: &str, note: &str) {
-    let reference: ObjectReference = m.object_ref(&());
-    let ev = KubeEvent {
-        type_,
-        reason: reason.chars().take(128).collect(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Train".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-        warn!(error = %e, "Could not publish an Event");
-    }
+    ctx.event(&m.object_ref(&()), type_, reason, note, "Train").await;
 }
 
 async fn apply_child<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K, Error>
@@ -542,14 +531,16 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    let mut body = serde_json::to_value(obj).map_err(|e| Error::Kafka(e.to_string()))?;
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(kube_err(format!("applying {} {name}", K::kind(&()))))
+    let what = format!("applying {} {}", K::kind(&()), obj.meta().name.as_deref().unwrap_or_default());
+    ctx.apply(namespace, obj).await.map_err(kube_err(what))
+}
+
+/// Labels of a Model's training objects.
+fn model_labels(model: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = crate::pipeline::children::labels(model, "training");
+    labels.remove("vigil.dev/pipeline");
+    labels.insert("vigil.dev/model".into(), model.to_string());
+    labels
 }
 
 fn owner(m: &Model) -> Result<OwnerReference, Error> {
@@ -564,13 +555,10 @@ fn owner(m: &Model) -> Result<OwnerReference, Error> {
 }
 
 fn meta(m: &Model, name: String) -> Result<ObjectMeta, Error> {
-    let mut labels = crate::pipeline::children::labels(&m.name_any(), "training");
-    labels.remove("vigil.dev/pipeline");
-    labels.insert("vigil.dev/model".into(), m.name_any());
     Ok(ObjectMeta {
         name: Some(name),
         namespace: m.namespace(),
-        labels: Some(labels),
+        labels: Some(model_labels(&m.name_any())),
         owner_references: Some(vec![owner(m)?]),
         ..ObjectMeta::default()
     })
@@ -621,17 +609,7 @@ pub fn training_job(
     let name = m.name_any();
     let env = |n: &str, v: &str| EnvVar { name: n.into(), value: Some(v.into()), value_from: None };
     let mut envs = vec![
-        EnvVar {
-            name: "VIGIL_NAMESPACE".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        crate::pipeline::children::namespace_env(),
         env("VIGIL_KAFKA_BOOTSTRAP", bootstrap),
         env("VIGIL_MODEL_REGISTRY", registry),
         env("VIGIL_LOG", "info"),
@@ -696,9 +674,6 @@ pub fn training_job(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
-    let mut labels = crate::pipeline::children::labels(&name, "training");
-    labels.remove("vigil.dev/pipeline");
-    labels.insert("vigil.dev/model".into(), name.clone());
     let mut metadata = meta(m, job_name(&name, version))?;
     metadata.annotations = Some([(TRAINING_HASH.to_string(), training_hash(&m.spec))].into());
     Ok(Job {
@@ -709,7 +684,7 @@ pub fn training_job(
             backoff_limit: Some(0),
             active_deadline_seconds: Some(6 * 3600),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta { labels: Some(model_labels(&name)), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     containers: vec![container],

@@ -179,6 +179,21 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// `VIGIL_NAMESPACE` from the pod's own namespace.
+pub fn namespace_env() -> EnvVar {
+    EnvVar {
+        name: "VIGIL_NAMESPACE".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.namespace".into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// The container security context of every Vigil workload (runners,
 /// training Jobs): no privilege escalation, a read-only root, no
 /// capabilities.
@@ -260,17 +275,7 @@ pub fn deployment(
     .collect();
 
     let mut env_vars = vec![
-        EnvVar {
-            name: "VIGIL_NAMESPACE".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        namespace_env(),
         env("VIGIL_PIPELINE_FILE", &format!("{CONFIG_DIR}/pipeline.yaml")),
         env("VIGIL_CONSUMER_GROUP", &Pipeline::consumer_group(&namespace, &name)),
         env("VIGIL_LISTEN", &format!("0.0.0.0:{HTTP_PORT}")),

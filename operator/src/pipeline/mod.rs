@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -398,15 +398,12 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = obj.meta().name.clone().unwrap_or_default();
-    let mut body =
-        serde_json::to_value(obj).map_err(|e| Error::Build(BuildError::Serialise(e.to_string())))?;
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::ApplyChild { kind: kind_name::<K>(), name, source })
+    ctx.apply(namespace, obj).await.map_err(|source| Error::ApplyChild {
+        kind: kind_name::<K>(),
+        name,
+        source,
+    })
 }
 
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -477,17 +474,7 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
 
 /// Emit an Event about the Pipeline; failures are logged, never fatal.
 pub async fn publish(ctx: &Context, p: &Pipeline, type_: EventType, reason: &str, note: &str) {
-    let reference: ObjectReference = p.object_ref(&());
-    let ev = KubeEvent {
-        type_,
-        reason: reason.chars().take(128).collect(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-        warn!(error = %e, "Could not publish an Event");
-    }
+    ctx.event(&p.object_ref(&()), type_, reason, note, "Reconcile").await;
 }
 
 /// The finalizer: delete topics when the policy says so. Children go with
