@@ -63,6 +63,76 @@ pub enum Command {
         /// NAME=FILE (written by `vigil train`). Repeatable.
         #[arg(long = "model", value_name = "NAME=ARTIFACT")]
         models: Vec<String>,
+        /// Also keep history in this directory (the store the history
+        /// component writes in a cluster): `vigil anomalies --dir DIR` and
+        /// `vigil history --dir DIR` query it.
+        #[arg(long, value_name = "DIR")]
+        history: Option<PathBuf>,
+    },
+    /// Run the history component of a Pipeline (what its history pod does):
+    /// store the output and dead-letter topics, and serve the Data API.
+    HistoryServer {
+        /// The Pipeline manifest (in a pod: the operator's ConfigMap).
+        #[arg(long, env = "VIGIL_PIPELINE_FILE", default_value = "/etc/vigil/pipeline.yaml")]
+        pipeline: PathBuf,
+        /// Directory of the store (the history volume).
+        #[arg(long, env = "VIGIL_HISTORY_DIR", default_value = "/var/lib/vigil/history")]
+        data_dir: PathBuf,
+        /// Address of the Data API, probes and metrics.
+        #[arg(long, env = "VIGIL_API_LISTEN", default_value = "0.0.0.0:8081")]
+        listen: std::net::SocketAddr,
+        /// Kafka bootstrap servers; overrides spec.kafka.bootstrapServers.
+        #[arg(long, env = "VIGIL_KAFKA_BOOTSTRAP")]
+        bootstrap_servers: Option<String>,
+        /// A directory with one file per Kafka client setting.
+        #[arg(long, env = "VIGIL_KAFKA_SECRET_DIR")]
+        kafka_secret_dir: Option<PathBuf>,
+        /// Namespace of the Pipeline, when the manifest has none.
+        #[arg(long, env = "VIGIL_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// A file holding the bearer token clients must send (the mounted
+        /// key of spec.api.tokenSecretRef); re-read when it changes.
+        #[arg(long, env = "VIGIL_API_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Largest request body, bytes (413 above).
+        #[arg(long, env = "VIGIL_API_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Requests per second the API accepts, all clients together (429 above).
+        #[arg(long, env = "VIGIL_API_RATE", default_value_t = 500)]
+        rate: u32,
+        /// Longest a request may take, e.g. 30s (a follow stream excepted).
+        #[arg(long, default_value = "30s", value_parser = crate::history::server::parse_duration)]
+        request_timeout: std::time::Duration,
+        /// How long history is kept, e.g. 7d; default spec.storage.retention.
+        #[arg(long, value_parser = crate::history::server::parse_duration)]
+        retention: Option<std::time::Duration>,
+    },
+    /// Flagged records of a Pipeline, newest pages last: from its Data API
+    /// (--url) or a local store (--dir).
+    Anomalies {
+        #[command(flatten)]
+        source: crate::history::cli::Source,
+        #[command(flatten)]
+        query: crate::history::cli::Filter,
+        /// Only scores at or above (0-1).
+        #[arg(long)]
+        min_score: Option<f64>,
+    },
+    /// Per-key minutes of a Pipeline (count, mean and max score, anomalies,
+    /// feature means): from its Data API (--url) or a local store (--dir).
+    History {
+        #[command(flatten)]
+        source: crate::history::cli::Source,
+        #[command(flatten)]
+        query: crate::history::cli::Filter,
+    },
+    /// Dead letters of a Pipeline, with stage and reason: from its Data API
+    /// (--url) or a local store (--dir).
+    DeadLetters {
+        #[command(flatten)]
+        source: crate::history::cli::Source,
+        #[command(flatten)]
+        query: crate::history::cli::Filter,
     },
     /// Train a Model: read its training data (the spec's file or topic, or
     /// --input), apply its transforms, fit, calibrate the threshold, and
@@ -273,7 +343,57 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Local { pipeline, input, format, output, dead_letter, all, models } => {
+        Command::HistoryServer {
+            pipeline,
+            data_dir,
+            listen,
+            bootstrap_servers,
+            kafka_secret_dir,
+            namespace,
+            token_file,
+            max_body_bytes,
+            rate,
+            request_timeout,
+            retention,
+        } => {
+            crate::logging::init(true);
+            let text = std::fs::read_to_string(&pipeline)
+                .with_context(|| format!("cannot read the pipeline manifest {}", pipeline.display()))?;
+            let p = vigil_crds::manifest::single_pipeline(&text)?;
+            let namespace = p.metadata.namespace.clone().unwrap_or(namespace);
+            let retention = match retention {
+                Some(r) => r,
+                None => crate::history::server::parse_duration(
+                    p.spec.storage.as_ref().map_or("7d", |s| s.retention.as_str()),
+                )
+                .map_err(|e| anyhow::anyhow!("spec.storage.retention: {e}"))?,
+            };
+            let options = crate::history::server::Options {
+                namespace,
+                data_dir,
+                listen,
+                bootstrap: bootstrap_servers,
+                secret_dir: kafka_secret_dir,
+                token_file,
+                max_body_bytes,
+                rate_per_second: rate,
+                request_timeout,
+                retention,
+                batch: 5000,
+            };
+            crate::history::server::run(p, options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Anomalies { source, query, min_score } => {
+            crate::history::cli::run(crate::history::cli::Kind::Anomalies, &source, &query, min_score)
+        }
+        Command::History { source, query } => {
+            crate::history::cli::run(crate::history::cli::Kind::History, &source, &query, None)
+        }
+        Command::DeadLetters { source, query } => {
+            crate::history::cli::run(crate::history::cli::Kind::DeadLetters, &source, &query, None)
+        }
+        Command::Local { pipeline, input, format, output, dead_letter, all, models, history } => {
             let (text, input) = match (&pipeline, input) {
                 (Some(p), input) => {
                     let text =
@@ -310,6 +430,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dead_letter,
                 all,
                 models,
+                history,
             };
             crate::local::run(&pipeline, &opts)?;
             Ok(ExitCode::SUCCESS)

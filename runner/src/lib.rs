@@ -6,6 +6,7 @@ pub mod detectors;
 pub mod engine;
 pub mod eval;
 pub mod expr;
+pub mod history;
 pub mod http;
 pub mod keyed;
 pub mod local;

@@ -36,6 +36,9 @@ pub struct Options {
     pub all: bool,
     /// Model artifacts by Model name, for a `detector.modelRef`.
     pub models: Vec<(String, PathBuf)>,
+    /// Also write the history store (flagged records, per-key minutes,
+    /// dead letters) into this directory, as the history component does.
+    pub history: Option<PathBuf>,
 }
 
 /// The outcome of a local run.
@@ -141,7 +144,19 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     let mut engine = Engine::with_model(&pipeline.spec, Some(format), columns.as_deref(), model)
         .map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
 
-    let mut sinks = Sinks { out, dead, only_anomalies, error: None };
+    let history = match &opts.history {
+        Some(dir) => {
+            let features = crate::history::ingest::features(pipeline);
+            let store = crate::history::store::Store::open(dir, &features)?;
+            Some(History {
+                store,
+                reader: crate::history::ingest::Reader::new(pipeline, features),
+                batch: Default::default(),
+            })
+        }
+        None => None,
+    };
+    let mut sinks = Sinks { out, dead, only_anomalies, error: None, history, history_error: None };
     let mut line_no = if columns.is_some() { 1 } else { 0 };
     for line in lines {
         let line = line?;
@@ -155,6 +170,9 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
         engine.process(trimmed, Meta { key: None, ts_ms: now }, &mut |ev| {
             sinks.handle(ev, line_no, trimmed, &progress)
         });
+        if let Some(e) = sinks.history_error.take() {
+            return Err(e);
+        }
         if let Some(e) = sinks.error.take() {
             // A closed pipe (`vigil local | head`) ends the run quietly.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -165,6 +183,9 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     }
     engine.flush(&mut |ev| sinks.handle(ev, line_no, b"", &progress));
     sinks.finish()?;
+    if let Some(e) = sinks.history_error.take() {
+        return Err(e);
+    }
     progress.finish_and_clear();
     let summary = Summary { counts: engine.counts(), elapsed: started.elapsed() };
     let det = engine.detector();
@@ -184,16 +205,60 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The history store a local run writes, and the rows not yet written.
+struct History {
+    store: crate::history::store::Store,
+    reader: crate::history::ingest::Reader,
+    batch: crate::history::store::Batch,
+}
+
+/// Rows per history transaction in a local run.
+const HISTORY_BATCH: i64 = 20_000;
+
 /// Where outputs and dead letters go.
 struct Sinks {
     out: Box<dyn Write>,
     dead: Option<Box<dyn Write>>,
     only_anomalies: bool,
     error: Option<std::io::Error>,
+    history: Option<History>,
+    history_error: Option<anyhow::Error>,
 }
 
 impl Sinks {
+    fn keep(&mut self, ev: &Event<'_>, line: u64, raw: &[u8]) {
+        let Some(h) = self.history.as_mut() else { return };
+        match ev {
+            Event::Output(o) => h.reader.output(&mut h.batch, o.json, None, o.ts_ms),
+            Event::Rejected(r) => {
+                let headers: [(&str, &[u8]); 3] = [
+                    ("vigil.stage", r.stage.as_bytes()),
+                    ("vigil.reason", r.reason.as_bytes()),
+                    ("vigil.source.topic", b"(local file)"),
+                ];
+                h.reader.dead_letter(&mut h.batch, raw, &headers, chrono::Utc::now().timestamp_millis());
+                if let Some(d) = h.batch.dead_letters.last_mut() {
+                    d.offset = Some(line as i64);
+                }
+            }
+        }
+        if h.batch.records() >= HISTORY_BATCH {
+            self.flush_history();
+        }
+    }
+
+    fn flush_history(&mut self) {
+        let Some(h) = self.history.as_mut() else { return };
+        if let Err(e) = h.store.write(&std::mem::take(&mut h.batch)) {
+            self.history_error.get_or_insert(anyhow::anyhow!(
+                "writing the history store {}: {e}",
+                h.store.path().display()
+            ));
+        }
+    }
+
     fn handle(&mut self, ev: Event<'_>, line: u64, raw: &[u8], progress: &ProgressBar) {
+        self.keep(&ev, line, raw);
         let res = match ev {
             Event::Output(o) if !self.only_anomalies || o.is_anomaly => {
                 self.out.write_all(o.json).and_then(|()| self.out.write_all(b"\n"))
@@ -213,6 +278,7 @@ impl Sinks {
     }
 
     fn finish(&mut self) -> Result<()> {
+        self.flush_history();
         match self.out.flush() {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e).context("writing output"),
             _ => {}
