@@ -106,6 +106,9 @@ pub enum Command {
         /// How long history is kept, e.g. 7d; default spec.storage.retention.
         #[arg(long, value_parser = crate::history::server::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// How often old rows are removed.
+        #[arg(long, default_value = "60s", value_parser = crate::history::server::parse_duration, hide = true)]
+        retention_interval: std::time::Duration,
     },
     /// Flagged records of a Pipeline, newest pages last: from its Data API
     /// (--url) or a local store (--dir).
@@ -355,6 +358,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             request_timeout,
             retention,
+            retention_interval,
         } => {
             crate::logging::init(true);
             let text = std::fs::read_to_string(&pipeline)
@@ -379,6 +383,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate_per_second: rate,
                 request_timeout,
                 retention,
+                retention_interval,
                 batch: 5000,
             };
             crate::history::server::run(p, options)?;

@@ -45,6 +45,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// How long records are kept (`spec.storage.retention`).
     pub retention: Duration,
+    /// How often retention is enforced.
+    pub retention_interval: Duration,
     /// Most records read into one store transaction.
     pub batch: usize,
 }
@@ -180,6 +182,7 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
         s.state = "Running".into();
         s.message = None;
     });
+    let mut stored = store.offsets()?;
     let mut backoff = Duration::from_secs(1);
     let mut last_retention = Instant::now() - Duration::from_secs(3600);
     let mut last_check = Instant::now();
@@ -223,11 +226,27 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
                 }
             }
         }
+        if batch.is_empty() {
+            // Idle: transaction markers (exactly-once outputs) move the
+            // positions past the last record; store them, so the lag reads
+            // 0 and a restart does not re-read the markers' offsets.
+            if let Ok(pos) = consumer.position() {
+                for e in pos.elements() {
+                    if let Some(o) = e.offset().to_raw().filter(|o| *o >= 0) {
+                        let key = (e.topic().to_string(), e.partition());
+                        if stored.get(&key).is_none_or(|s| o > *s) {
+                            batch.offsets.insert(key, o);
+                        }
+                    }
+                }
+            }
+        }
         if !batch.is_empty() {
             let started = Instant::now();
             match store.write(&batch) {
                 Ok(()) => {
                     backoff = Duration::from_secs(1);
+                    stored.extend(batch.offsets.iter().map(|(k, v)| (k.clone(), *v)));
                     let records = batch.records() as u64;
                     shared.metrics.record_write(records, started.elapsed());
                     shared.set(|s| {
@@ -273,6 +292,7 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
                     // Rewind to what is stored and try again later; retention
                     // may free room in the meantime.
                     let _ = store.enforce_retention(retention_cutoff(shared));
+                    stored = store.offsets().unwrap_or_default();
                     if let Err(e) = assign(&consumer, &[output, dead], &store) {
                         warn!(error = %format!("{e:#}"), "could not rewind the history consumer");
                     }
@@ -282,7 +302,7 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
                 }
             }
         }
-        if last_retention.elapsed() > Duration::from_secs(60) {
+        if last_retention.elapsed() >= shared.options.retention_interval {
             last_retention = Instant::now();
             match store.enforce_retention(retention_cutoff(shared)) {
                 Ok(0) => {}
