@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
@@ -117,6 +117,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), owned.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
         // Runner pods are owned by ReplicaSets: mapped to their Pipeline by
         // label, so a crash loop or a readiness change is reported at once.
         // A Model's serving version changes its Pipelines' ModelReady.

@@ -32,12 +32,15 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("batch", &["jobs"], &["get", "list", "watch", "create"]),
         // Children, applied server-side and watched for drift; the runners
         // are deleted before the topics when a Pipeline goes.
-        rule("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
+        // The history component (a StatefulSet and its Services) is deleted
+        // when spec.storage is removed.
         rule(
-            "",
-            &["configmaps", "services", "persistentvolumeclaims"],
-            &["get", "list", "watch", "create", "patch"],
+            "apps",
+            &["deployments", "statefulsets"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        rule("", &["services"], &["get", "list", "watch", "create", "patch", "delete"]),
+        rule("", &["configmaps", "persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // Runner pods are watched and read to say why runners are not
         // ready (crash loops, the runners' own /status).
         rule("", &["pods"], &["get", "list", "watch"]),

@@ -139,17 +139,76 @@ fn a_kafka_secret_is_mounted_for_the_runner() {
 }
 
 #[test]
-fn the_history_claim_exists_only_with_storage_and_is_shared_by_several_runners() {
+fn the_history_component_exists_only_with_storage_and_runners_keep_no_volume() {
     let p = example("cpu-univariate.yaml");
-    let pvc = children::history_claim(&p).unwrap().expect("the example has storage");
-    let spec = pvc.spec.unwrap();
-    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
-    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "1Gi");
-    assert!(children::history_claim(&example("sensor-multivariate.yaml")).unwrap().is_none());
+    let sts =
+        children::history_statefulset(&p, &settings(), "abc").unwrap().expect("the example has storage");
+    assert_eq!(sts.name_any(), "cpu-anomalies-history");
+    let spec = sts.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.service_name.as_deref(), Some("cpu-anomalies-history"));
+    // Its own volume, ReadWriteOnce: runners on any nodes need none.
+    let claim = &spec.volume_claim_templates.unwrap()[0];
+    let cs = claim.spec.clone().unwrap();
+    assert_eq!(cs.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
+    assert_eq!(cs.resources.unwrap().requests.unwrap()["storage"].0, "1Gi");
+    assert_eq!(
+        spec.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(),
+        Some("Delete")
+    );
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.args.as_deref(), Some(&["history-server".to_string()][..]));
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/vigil-dev/vigil-runner:test"));
+    let sec = c.security_context.clone().unwrap();
+    assert_eq!(sec.read_only_root_filesystem, Some(true));
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "history" && m.mount_path == "/var/lib/vigil")
+    );
+    assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+    // No token: no token file.
+    assert!(!c.env.as_ref().unwrap().iter().any(|e| e.name == "VIGIL_API_TOKEN_FILE"));
+    let svcs = children::history_services(&p).unwrap();
+    let names: Vec<String> = svcs.iter().map(|s| s.name_any()).collect();
+    assert_eq!(names, ["cpu-anomalies-history", "cpu-anomalies-api"]);
+    assert_eq!(svcs[0].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"), "headless");
+    assert_eq!(svcs[1].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 8081);
+    assert_eq!(
+        svcs[1].spec.as_ref().unwrap().selector.clone().unwrap(),
+        children::history_selector("cpu-anomalies")
+    );
+
+    // Several runners, and none mounts a volume.
     let mut many = p.clone();
     many.spec.replicas = 3;
-    let spec = children::history_claim(&many).unwrap().unwrap().spec.unwrap();
-    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
+    let d = deployment(&many, 3);
+    let vols = d.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(vols.iter().all(|v| v.persistent_volume_claim.is_none()), "{vols:?}");
+
+    let none = example("sensor-multivariate.yaml");
+    assert!(children::history_statefulset(&none, &settings(), "abc").unwrap().is_none());
+    assert!(children::history_services(&none).unwrap().is_empty());
+}
+
+#[test]
+fn an_api_token_secret_is_mounted_as_the_token_file() {
+    let mut p = example("cpu-univariate.yaml");
+    p.spec.api = Some(vigil_crds::pipeline::ApiSpec {
+        token_secret_ref: Some(vigil_crds::SecretRef { name: "cpu-api-token".into() }),
+    });
+    let sts = children::history_statefulset(&p, &settings(), "abc").unwrap().unwrap();
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let file = env.iter().find(|e| e.name == "VIGIL_API_TOKEN_FILE").expect("the token file");
+    assert_eq!(file.value.as_deref(), Some("/etc/vigil/api/token"));
+    let vol = pod.volumes.unwrap().into_iter().find(|v| v.name == "api-token").unwrap();
+    let secret = vol.secret.unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("cpu-api-token"));
+    assert_eq!(secret.items.unwrap()[0].key, "token");
 }
 
 #[test]
@@ -194,14 +253,15 @@ fn every_dashboard_query_uses_metrics_the_runner_exports() {
     let d = dashboard::dashboard_json("prod", "cpu-anomalies");
     let queries = dashboard::dashboard_queries(&d);
     assert!(queries.len() >= 8, "{queries:?}");
-    let exported = vigil_runner::metrics::NAMES;
+    let exported: Vec<&str> =
+        vigil_runner::metrics::NAMES.iter().chain(vigil_runner::history::api::NAMES).copied().collect();
     let mut used = 0;
     for q in &queries {
         for name in metric_names(q) {
             let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
             assert!(
                 exported.contains(&name.as_str()) || exported.contains(&base),
-                "{name} (in {q}) is not exported by the runner"
+                "{name} (in {q}) is not exported by the runner or the history component"
             );
             used += 1;
         }

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use support::*;
@@ -62,8 +62,17 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
     }
     let svc: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     assert!(owned_by(&svc.get("cpu-runner").await.unwrap().metadata, &p));
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
-    assert!(owned_by(&pvcs.get("cpu-history").await.unwrap().metadata, &p));
+    // With spec.storage, the history component: its StatefulSet (a claim
+    // template of its own) and two Services.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let sts = eventually(Duration::from_secs(30), "history StatefulSet", || async {
+        sets.get("cpu-history").await.ok()
+    })
+    .await;
+    assert!(owned_by(&sts.metadata, &p));
+    for name in ["cpu-history", "cpu-api"] {
+        assert!(owned_by(&svc.get(name).await.unwrap().metadata, &p), "{name}");
+    }
 
     // A Deployment that exists is not ready runners.
     let before = wait_condition(&api, "cpu", "TopicsReady", "True", Duration::from_secs(30)).await;
@@ -73,7 +82,11 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
     mark_ready(&client, &ns.name, "cpu-runner").await;
     let ready = wait_condition(&api, "cpu", "Ready", "True", Duration::from_secs(30)).await;
     println!("apply -> Ready (with the Deployment marked ready by the test): {:?}", started.elapsed());
-    let status = ready.status.unwrap();
+    let status = ready.status.clone().unwrap();
+    // No kubelet runs the history pod here: reported as starting, which
+    // does not hold up Ready (records flow without it).
+    let (st, reason, _) = condition(&ready, "HistoryReady").expect("a HistoryReady condition");
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "HistoryStarting"));
     assert_eq!(status.phase, Some(vigil_crds::pipeline::PipelinePhase::Running));
     assert_eq!(status.ready_replicas, Some(1));
     assert_eq!(status.topics.len(), 3);
@@ -88,6 +101,20 @@ async fn real_k8s_a_pipeline_gets_its_topics_and_children_and_becomes_ready() {
         reasons.iter().any(|r| r == "Ready").then_some(())
     })
     .await;
+
+    // Without spec.storage, the history component goes.
+    let remove = serde_json::json!({"spec": {"storage": null}});
+    api.patch("cpu", &PatchParams::default(), &Patch::Merge(&remove)).await.unwrap();
+    eventually(Duration::from_secs(30), "the history StatefulSet deleted", || async {
+        sets.get_opt("cpu-history").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the history Services deleted", || async {
+        (svc.get_opt("cpu-api").await.ok()?.is_none() && svc.get_opt("cpu-history").await.ok()?.is_none())
+            .then_some(())
+    })
+    .await;
+    assert!(svc.get("cpu-runner").await.is_ok(), "the runner Service stays");
 
     api.delete("cpu", &DeleteParams::default()).await.unwrap();
     let _ = kafka::delete_topics(&[&in_topic, &format!("{t}-out"), &format!("{t}-dlq")]).await;

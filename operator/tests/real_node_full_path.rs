@@ -2,7 +2,8 @@
 //! install` of the chart (CRDs, RBAC, the operator Deployment from its own
 //! image, leader election on), the shipped examples applied as they are,
 //! runner pods made Ready by their own probes, records in and scored
-//! records out, status, logs, the runner Service, and pod security checked
+//! records out, status, logs, the runner Service, the history component
+//! and its Data API, and pod security checked
 //! on the running processes, not on the manifests.
 
 use std::process::Command;
@@ -142,12 +143,64 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(metrics.contains("vigil_records_in_total"), "metrics through the Service:\n{metrics}");
 
+    // The example has spec.storage: its history component runs from the
+    // runner image with a volume of its own, stores what the runners
+    // wrote, and serves the Data API through its Service.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = api.get("cpu-anomalies").await.unwrap();
+        let c = p.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "HistoryReady");
+        if c.as_ref().is_some_and(|c| c.status == "True") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "HistoryReady: {c:?}\n{}", diagnostics(&ns.name));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let api_svc = services.get("cpu-anomalies-api").await.unwrap();
+    let api_url = format!("http://{}:8081", api_svc.spec.unwrap().cluster_ip.unwrap());
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Publish through the API; the records come back scored, and the
+    // store counts them per key.
+    let published: String = (0..30)
+        .map(|i| format!("{{\"run\": \"{run}-api\", \"id\": {i}, \"host\": \"web-api\", \"timestamp\": \"2026-12-01 11:00:{i:02}\", \"cpu\": 31.5}}\n"))
+        .collect();
+    let answer = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &published,
+        &format!("{api_url}/v1/records"),
+    ]);
+    assert!(answer.contains("\"accepted\":30"), "POST /v1/records: {answer}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let page = curl(&[&format!("{api_url}/v1/history?key=web-api")]);
+        let v: serde_json::Value = serde_json::from_str(&page).unwrap_or_default();
+        let n: i64 = v["items"].as_array().map_or(0, |r| r.iter().filter_map(|x| x["count"].as_i64()).sum());
+        if n == 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "history of web-api: {page}\n{}", diagnostics(&ns.name));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let info: serde_json::Value = serde_json::from_str(&curl(&[&format!("{api_url}/v1/pipeline")])).unwrap();
+    assert!(info["store"]["records"].as_i64().unwrap_or(0) >= 330, "{info}");
+    assert_eq!(info["history"]["state"], "Running", "{info}");
+
     // Pod security, from the running processes: not root, no capabilities,
     // no privilege escalation, a read-only root filesystem.
     // Replicas of an earlier release may still be shutting down.
     let deadline = Instant::now() + Duration::from_secs(45);
     let (runners, operators) = loop {
-        let runners = processes("/usr/local/bin/vigil", "run");
+        let runners: Vec<u32> = processes("/usr/local/bin/vigil", "run")
+            .into_iter()
+            .chain(processes("/usr/local/bin/vigil", "history-server"))
+            .collect();
         let operators = processes("/usr/local/bin/vigil-operator", "run");
         if !runners.is_empty() && operators.len() == 2 {
             break (runners, operators);

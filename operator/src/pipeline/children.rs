@@ -5,18 +5,24 @@
 //! - ConfigMap `<name>-pipeline`: the Pipeline as `vigil run` reads it.
 //! - Deployment `<name>-runner`: the runners (hardened, probed, scraped).
 //! - Service `<name>-runner`: metrics and HTTP endpoints.
-//! - PersistentVolumeClaim `<name>-history`, when `spec.storage` is set.
+//! - When `spec.storage` is set, the history component: StatefulSet
+//!   `<name>-history` (one replica, `vigil history-server`, a volume claim
+//!   template for its store), its headless Service `<name>-history`, and
+//!   the Data API Service `<name>-api`.
 //! - ConfigMaps `<name>-dashboard` and `<name>-loki-rules` (see `dashboard.rs`).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -33,6 +39,10 @@ pub const CONFIG_DIR: &str = "/etc/vigil";
 pub const KAFKA_SECRET_DIR: &str = "/etc/vigil/kafka";
 /// Where the history volume is mounted.
 pub const HISTORY_DIR: &str = "/var/lib/vigil";
+/// Port of the history component's Data API (and its probes and metrics).
+pub const API_PORT: i32 = 8081;
+/// Where the API token Secret is mounted.
+pub const API_TOKEN_DIR: &str = "/etc/vigil/api";
 /// The pod annotation whose change rolls the runners when the config changes.
 pub const CONFIG_HASH: &str = "vigil.dev/config-hash";
 /// UID the runner image runs as (distroless "nonroot").
@@ -74,9 +84,13 @@ pub fn config_map_name(p: &str) -> String {
 pub fn runner_name(p: &str) -> String {
     format!("{p}-runner")
 }
-/// Name of the history PVC.
+/// Name of the history StatefulSet and its headless Service.
 pub fn history_name(p: &str) -> String {
     format!("{p}-history")
+}
+/// Name of the Data API Service.
+pub fn api_name(p: &str) -> String {
+    format!("{p}-api")
 }
 
 /// Labels every child carries; Loki's usual collectors index the
@@ -252,6 +266,41 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
 
+/// An HTTP probe on the container port named `http`.
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The ConfigMap volume with the pipeline manifest, and its mount.
+fn pipeline_volume(name: &str) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "pipeline".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "pipeline".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
 /// The runner Deployment.
 pub fn deployment(
     p: &Pipeline,
@@ -283,55 +332,20 @@ pub fn deployment(
     if p.spec.detector.model_ref.is_some() {
         env_vars.push(env("VIGIL_MODEL_REGISTRY", &settings.model_registry));
     }
+    let (config_volume, config_mount) = pipeline_volume(&name);
     let mut mounts = vec![
-        VolumeMount {
-            name: "pipeline".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        },
+        config_mount,
         VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
     ];
     let mut volumes = vec![
-        Volume {
-            name: "pipeline".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map_name(&name),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        config_volume,
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     if let Some(secret) = &p.spec.kafka.secret_ref {
         mount_kafka_secret(&secret.name, &mut env_vars, &mut mounts, &mut volumes);
     }
-    if p.spec.storage.is_some() {
-        mounts.push(VolumeMount {
-            name: "history".into(),
-            mount_path: HISTORY_DIR.into(),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: "history".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: history_name(&name),
-                read_only: None,
-            }),
-            ..Volume::default()
-        });
-    }
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    };
+    // Runners keep no state on disk: history is the history component's
+    // (a StatefulSet), so any number of runners work with ReadWriteOnce.
     let container = Container {
         name: "runner".into(),
         image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
@@ -418,22 +432,180 @@ pub fn service(p: &Pipeline) -> Result<Service, BuildError> {
     })
 }
 
-/// The history volume, when `spec.storage` is set. Several runners share
-/// it, so more than one replica asks for ReadWriteMany.
-pub fn history_claim(p: &Pipeline) -> Result<Option<PersistentVolumeClaim>, BuildError> {
+/// The labels that select a Pipeline's history pod.
+pub fn history_selector(pipeline: &str) -> BTreeMap<String, String> {
+    [("vigil.dev/pipeline", pipeline), ("app.kubernetes.io/component", "history")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The history component, when `spec.storage` is set: one pod running
+/// `vigil history-server` with the store on a volume of its own (a claim
+/// template, ReadWriteOnce), the Data API on port 8081. The claim goes with
+/// the StatefulSet (and so with the Pipeline).
+pub fn history_statefulset(
+    p: &Pipeline,
+    settings: &Settings,
+    hash: &str,
+) -> Result<Option<StatefulSet>, BuildError> {
     let Some(storage) = &p.spec.storage else { return Ok(None) };
-    let access = if p.spec.replicas > 1 { "ReadWriteMany" } else { "ReadWriteOnce" };
-    Ok(Some(PersistentVolumeClaim {
-        metadata: child_meta(p, history_name(&p.name_any()), "history")?,
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec![access.into()]),
-            storage_class_name: storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_string(), storage.size.clone())].into()),
-                limits: None,
+    let name = p.name_any();
+    let mut pod_labels = labels(&name, "history");
+    pod_labels.extend(history_selector(&name));
+    let (config_volume, config_mount) = pipeline_volume(&name);
+    let mut env_vars = vec![
+        namespace_env(),
+        env("VIGIL_PIPELINE_FILE", &format!("{CONFIG_DIR}/pipeline.yaml")),
+        env("VIGIL_HISTORY_DIR", &format!("{HISTORY_DIR}/history")),
+        env("VIGIL_API_LISTEN", &format!("0.0.0.0:{API_PORT}")),
+    ];
+    let mut mounts = vec![
+        config_mount,
+        VolumeMount { name: "history".into(), mount_path: HISTORY_DIR.into(), ..VolumeMount::default() },
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+    ];
+    let mut volumes = vec![
+        config_volume,
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+    ];
+    if let Some(secret) = &p.spec.kafka.secret_ref {
+        mount_kafka_secret(&secret.name, &mut env_vars, &mut mounts, &mut volumes);
+    }
+    if let Some(token) = p.spec.api.as_ref().and_then(|a| a.token_secret_ref.as_ref()) {
+        env_vars.push(env("VIGIL_API_TOKEN_FILE", &format!("{API_TOKEN_DIR}/token")));
+        mounts.push(VolumeMount {
+            name: "api-token".into(),
+            mount_path: API_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "api-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(token.name.clone()),
+                items: Some(vec![KeyToPath { key: "token".into(), path: "token".into(), mode: None }]),
+                ..SecretVolumeSource::default()
             }),
-            ..PersistentVolumeClaimSpec::default()
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: "history".into(),
+        image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
+        args: Some(vec!["history-server".into()]),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: API_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        resources: Some(default_resources()),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let annotations: BTreeMap<String, String> = [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", API_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+        (CONFIG_HASH, hash.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(Some(StatefulSet {
+        metadata: child_meta(p, history_name(&name), "history")?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(history_name(&name)),
+            selector: LabelSelector { match_labels: Some(history_selector(&name)), match_expressions: None },
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(30),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security()),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("history".into()),
+                    labels: Some(labels(&name, "history")),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some([("storage".to_string(), storage.size.clone())].into()),
+                        limits: None,
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: None,
+            }]),
+            ..StatefulSetSpec::default()
         }),
         status: None,
     }))
+}
+
+/// The history component's Services, when `spec.storage` is set: the
+/// headless one its StatefulSet names, and `<name>-api` for the Data API
+/// (cluster-internal; no Ingress is made).
+pub fn history_services(p: &Pipeline) -> Result<Vec<Service>, BuildError> {
+    if p.spec.storage.is_none() {
+        return Ok(Vec::new());
+    }
+    let name = p.name_any();
+    let port = || ServicePort {
+        name: Some("http".into()),
+        port: API_PORT,
+        target_port: Some(IntOrString::String("http".into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    };
+    let headless = Service {
+        metadata: child_meta(p, history_name(&name), "history")?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(history_selector(&name)),
+            ports: Some(vec![port()]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let mut api_meta = child_meta(p, api_name(&name), "history")?;
+    api_meta.annotations = Some(
+        [("prometheus.io/scrape", "true".to_string()), ("prometheus.io/port", API_PORT.to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    );
+    let api = Service {
+        metadata: api_meta,
+        spec: Some(ServiceSpec {
+            selector: Some(history_selector(&name)),
+            ports: Some(vec![port()]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    Ok(vec![headless, api])
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -295,8 +295,15 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     obs.config_hash = Some(hash.clone());
     apply_child(ctx, &namespace, &children::config_map(p, &config)?).await?;
     apply_child(ctx, &namespace, &children::service(p)?).await?;
-    if let Some(pvc) = children::history_claim(p)? {
-        apply_child(ctx, &namespace, &pvc).await?;
+    match children::history_statefulset(p, settings, &hash)? {
+        Some(sts) => {
+            for svc in children::history_services(p)? {
+                apply_child(ctx, &namespace, &svc).await?;
+            }
+            let sts = apply_child(ctx, &namespace, &sts).await?;
+            obs.history = Some(runners::history_state(&ctx.client, &namespace, &name, &sts).await);
+        }
+        None => remove_history(ctx, &namespace, &name).await?,
     }
     apply_child(ctx, &namespace, &dashboard::dashboard(p)?).await?;
     apply_child(ctx, &namespace, &dashboard::loki_rules(p)?).await?;
@@ -389,6 +396,45 @@ fn model_readiness(
     }
 }
 
+/// Delete the history component of a Pipeline whose `spec.storage` was
+/// removed (its volume goes with the StatefulSet); nothing if none exists.
+async fn remove_history(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let gone = |r: Result<(), kube::Error>| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(source),
+    };
+    let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let svc: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let dp = kube::api::DeleteParams::default();
+    let history = children::history_name(name);
+    // Only what this operator made (a same-named object of the user's stays).
+    if sts.get_opt(&history).await.ok().flatten().is_some_and(|s| managed(&s.metadata)) {
+        gone(sts.delete(&history, &dp).await.map(|_| ())).map_err(|source| Error::ApplyChild {
+            kind: "StatefulSet",
+            name: history.clone(),
+            source,
+        })?;
+    }
+    for n in [history, children::api_name(name)] {
+        if svc.get_opt(&n).await.ok().flatten().is_some_and(|s| managed(&s.metadata)) {
+            gone(svc.delete(&n, &dp).await.map(|_| ())).map_err(|source| Error::ApplyChild {
+                kind: "Service",
+                name: n.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == "vigil-operator")
+}
+
 /// Apply one child with server-side apply, as the operator's field manager.
 async fn apply_child<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K, Error>
 where
@@ -412,6 +458,7 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "ConfigMap" => "ConfigMap",
         "Service" => "Service",
         "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        "StatefulSet" => "StatefulSet",
         _ => "object",
     }
 }
@@ -552,4 +599,4 @@ async fn cleanup(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// The owned kinds the controller watches (for `.owns()`).
-pub type Owned = (ConfigMap, Deployment, Service, PersistentVolumeClaim);
+pub type Owned = (ConfigMap, Deployment, Service, PersistentVolumeClaim, StatefulSet);

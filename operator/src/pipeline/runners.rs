@@ -339,3 +339,81 @@ mod tests {
         assert!(got.message.ends_with("(and 1 more pods with problems)"), "{}", got.message);
     }
 }
+
+/// The history component's state, for the `HistoryReady` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryState {
+    /// Ready and writing.
+    pub ready: bool,
+    /// Failing (not merely starting): a full volume, a store error, a crash loop.
+    pub failing: bool,
+    /// Condition reason.
+    pub reason: String,
+    /// Condition message.
+    pub message: String,
+}
+
+/// Read the history StatefulSet's pod: not ready yet (`HistoryStarting`),
+/// crash-looping (`HistoryCrashLoop`), or what its own `/status` says
+/// (`HistoryVolumeFull`, `HistoryStoreFailing`, `HistoryReady`).
+pub async fn history_state(
+    client: &kube::Client,
+    namespace: &str,
+    pipeline: &str,
+    sts: &k8s_openapi::api::apps::v1::StatefulSet,
+) -> HistoryState {
+    let state = |ready, failing, reason: &str, message: String| HistoryState {
+        ready,
+        failing,
+        reason: reason.into(),
+        message,
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = api.get_opt(&format!("{}-0", super::children::history_name(pipeline))).await.ok().flatten();
+    let Some(pod) = pod else {
+        let why = sts
+            .status
+            .as_ref()
+            .map(|s| format!("{} of 1 history pod created", s.replicas))
+            .unwrap_or_default();
+        return state(false, false, "HistoryStarting", format!("the history component is starting ({why})"));
+    };
+    let container = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+    if let Some(c) = container {
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        if waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")) {
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.message.clone())
+                .unwrap_or_default();
+            return state(
+                false,
+                true,
+                "HistoryCrashLoop",
+                format!("the history pod restarts ({} restarts): {}", c.restart_count, last.trim()),
+            );
+        }
+    }
+    let doc = fetch_status(&pod).await;
+    let writer =
+        doc.as_ref().and_then(|d| d.get("state")).and_then(|s| s.as_str()).unwrap_or_default().to_string();
+    let message =
+        doc.as_ref().and_then(|d| d.get("message")).and_then(|m| m.as_str()).unwrap_or_default().to_string();
+    match writer.as_str() {
+        "Running" => {
+            let records = doc.as_ref().and_then(|d| d.get("records")).and_then(|r| r.as_u64()).unwrap_or(0);
+            state(
+                true,
+                false,
+                "HistoryReady",
+                format!("storing history and serving the Data API ({records} records stored since start)"),
+            )
+        }
+        "VolumeFull" => state(false, true, "HistoryVolumeFull", message),
+        "Failing" => state(false, true, "HistoryStoreFailing", message),
+        "Starting" => state(false, false, "HistoryStarting", message),
+        _ => state(false, false, "HistoryStarting", "the history component is starting".into()),
+    }
+}

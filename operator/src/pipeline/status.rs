@@ -42,6 +42,8 @@ pub struct Observation {
     pub config_hash: Option<String>,
     /// Why runners are not ready, from their pods (`runners::diagnose`).
     pub runner_problem: Option<super::runners::Problem>,
+    /// With `spec.storage`: the history component's state.
+    pub history: Option<super::runners::HistoryState>,
 }
 
 fn condition(
@@ -174,7 +176,18 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
         None => true,
     };
 
-    let all = topics_ok && (runners_ok || obs.paused) && model_ok;
+    // A starting history component is reported but does not hold up Ready
+    // (records flow without it); a failing one (full volume, crash loop)
+    // makes the Pipeline not Ready.
+    let history_ok = match &obs.history {
+        Some(h) => {
+            conditions.push(condition("HistoryReady", h.ready, &h.reason, h.message.clone(), g, &now));
+            h.ready || !h.failing
+        }
+        None => true,
+    };
+
+    let all = topics_ok && (runners_ok || obs.paused) && model_ok && history_ok;
     let (reason, message) = if all {
         if obs.paused {
             ("Paused", "paused on request".to_string())

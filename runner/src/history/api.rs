@@ -41,6 +41,17 @@ use super::store::{
     AnomalyRow, Cursor, DeadLetterRow, MAX_LIMIT, Query as StoreQuery, RollupRow, Stats, Store,
 };
 
+/// Every metric the history component exports, as Prometheus names them.
+pub const NAMES: &[&str] = &[
+    "vigil_history_records_total",
+    "vigil_history_writes_total",
+    "vigil_history_write_failures_total",
+    "vigil_history_write_microseconds_total",
+    "vigil_history_lag_records",
+    "vigil_history_store_bytes",
+    "vigil_history_api_requests_total",
+];
+
 /// The history component's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -125,6 +136,26 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_lists_every_exported_metric() {
+        let m = super::Metrics::new();
+        m.record_write(3, std::time::Duration::from_millis(2));
+        m.requests
+            .get_or_create(&vec![("route".into(), "/v1/anomalies".into()), ("code".into(), "200".into())])
+            .inc();
+        let text = m.encode();
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = super::NAMES.iter().copied().collect();
+        assert_eq!(exported, listed);
     }
 }
 
