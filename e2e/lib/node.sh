@@ -253,6 +253,16 @@ provisioner: kubernetes.io/host-path
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 YAML
+  # That provisioner makes each volume a root-owned 0750 directory, which a
+  # non-root pod cannot write (hostPath volumes ignore fsGroup). The
+  # provisioners users run give the pod a writable volume (CSI drivers
+  # honour fsGroup; local-path and minikube's make 0777 directories); this
+  # helper widens new volume directories to 0777 as local-path does.
+  mkdir -p /tmp/hostpath_pv
+  launch volume-permissions bash -c 'while :; do
+    find /tmp/hostpath_pv -mindepth 1 -maxdepth 1 -type d ! -perm -o+w -exec chmod 0777 {} + 2>/dev/null
+    sleep 0.2
+  done'
   set_env VIGIL_NODE "$NODE_NAME"
   set_env VIGIL_NODE_IP "$NODE_IP"
   set_env VIGIL_KAFKA_POD_BOOTSTRAP "$NODE_IP:$(cat "$VIGIL_STATE/kafka/pod-port")"
@@ -294,6 +304,7 @@ stop() {
     netns=$(for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers info "$c" 2>/dev/null; done \
       | grep -o '/var/run/netns/cni-[0-9a-f-]*' | sort -u || true)
   fi
+  stop_pid "$DIR/volume-permissions.pid" volume-permissions
   stop_pid "$DIR/proxy.pid" kube-proxy
   stop_pid "$DIR/scheduler.pid" kube-scheduler
   stop_pid "$DIR/kubelet.pid" kubelet
@@ -326,7 +337,7 @@ stop() {
   # Paths the kubelet, containerd and libcni use whatever their root dirs.
   find /var/log/containers -maxdepth 1 -lname "$DIR/*" -delete 2>/dev/null || true
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/cni/results/vigil-* /var/lib/cni/results/cni-loopback-*
-  rm -rf /tmp/hostpath-provisioner
+  rm -rf /tmp/hostpath-provisioner /tmp/hostpath_pv
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/containers /var/lib/cni/results /var/lib/cni \
     /run/containerd/s /run/containerd/fifo /run/containerd 2>/dev/null || true
   if [[ -d /run/netns && -z $(ls -A /run/netns) ]]; then umount /run/netns 2>/dev/null || true; rmdir /run/netns || true; fi

@@ -117,10 +117,15 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = api.get("cpu-anomalies").await.unwrap();
-        if p.status.and_then(|s| s.consumer_lag) == Some(0) {
+        if p.status.as_ref().and_then(|s| s.consumer_lag) == Some(0) {
             break;
         }
-        assert!(Instant::now() < deadline, "consumer lag did not reach 0");
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag did not reach 0: {:?}\n{}",
+            p.status,
+            diagnostics(&ns.name)
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
