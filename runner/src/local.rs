@@ -229,7 +229,9 @@ impl Sinks {
     fn keep(&mut self, ev: &Event<'_>, line: u64, raw: &[u8]) {
         let Some(h) = self.history.as_mut() else { return };
         match ev {
-            Event::Output(o) => h.reader.output(&mut h.batch, o.json, None, o.ts_ms),
+            Event::Output(o) => {
+                h.reader.output(&mut h.batch, o.json, None, o.ts_ms);
+            }
             Event::Rejected(r) => {
                 let headers: [(&str, &[u8]); 3] = [
                     ("vigil.stage", r.stage.as_bytes()),

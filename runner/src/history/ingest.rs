@@ -41,40 +41,31 @@ impl Reader {
     /// One scored record from the output topic. `kafka_ts` is the record's
     /// Kafka timestamp, used when the record has no event time. A payload
     /// that is not a JSON object is counted (so the rollup's count stays
-    /// true) under the key `""` with no score.
-    pub fn output(&self, batch: &mut Batch, payload: &[u8], kafka_key: Option<&[u8]>, kafka_ts: i64) {
-        let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(payload).ok();
-        let Some(rec) = parsed else {
+    /// true) under the key `""` with no score. Returns the record's
+    /// `anomaly.modelVersion`, when it has one.
+    pub fn output(
+        &self,
+        batch: &mut Batch,
+        payload: &[u8],
+        kafka_key: Option<&[u8]>,
+        kafka_ts: i64,
+    ) -> Option<i64> {
+        // Only the fields history keeps are read; the rest is skipped
+        // without being built.
+        let mut fields = Fields { reader: self, out: Extracted::default() };
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        if serde::de::DeserializeSeed::deserialize(&mut fields, &mut de).and_then(|()| de.end()).is_err() {
             batch.roll("", kafka_ts, None, false, &[]);
-            return;
+            return None;
+        }
+        let x = fields.out;
+        let key = match x.key {
+            Some(k) => k,
+            None => kafka_key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
         };
-        let key = match self.key_field.as_deref().and_then(|f| rec.get(f)) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Null) | None => {
-                kafka_key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default()
-            }
-            Some(other) => other.to_string(),
-        };
-        let ts = self
-            .ts_field
-            .as_deref()
-            .and_then(|f| rec.get(f))
-            .and_then(|v| {
-                let v = match v {
-                    serde_json::Value::Number(n) => Value::Float(n.as_f64()?),
-                    serde_json::Value::String(s) => Value::Str(s.as_str().into()),
-                    _ => return None,
-                };
-                crate::codec::time::parse(&v, self.ts_format).ok()
-            })
-            .unwrap_or(kafka_ts);
-        let anomaly = rec.get("anomaly");
-        let score = anomaly.and_then(|a| a.get("score")).and_then(serde_json::Value::as_f64);
-        let flagged =
-            anomaly.and_then(|a| a.get("isAnomaly")).and_then(serde_json::Value::as_bool).unwrap_or(false);
-        let values: Vec<Option<f64>> =
-            self.features.iter().map(|f| rec.get(f).and_then(serde_json::Value::as_f64)).collect();
-        batch.roll(&key, ts, score, flagged, &values);
+        let ts = x.ts.and_then(|v| crate::codec::time::parse(&v, self.ts_format).ok()).unwrap_or(kafka_ts);
+        let (score, flagged) = (x.anomaly.score, x.anomaly.is_anomaly.unwrap_or(false));
+        batch.roll(&key, ts, score, flagged, &x.values);
         if flagged {
             batch.anomalies.push(NewAnomaly {
                 ts,
@@ -83,6 +74,7 @@ impl Reader {
                 record: String::from_utf8_lossy(payload).into_owned(),
             });
         }
+        x.anomaly.model_version
     }
 
     /// One record of the dead-letter topic, with its headers.
@@ -112,5 +104,72 @@ impl Reader {
             original_size,
             payload: payload[..end].to_vec(),
         });
+    }
+}
+
+/// The `anomaly` object of an output record (other members ignored).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnomalyPart {
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(default)]
+    is_anomaly: Option<bool>,
+    #[serde(default)]
+    model_version: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Extracted {
+    key: Option<String>,
+    ts: Option<Value>,
+    anomaly: AnomalyPart,
+    values: Vec<Option<f64>>,
+}
+
+/// A visitor of the record's top-level members.
+struct Fields<'r> {
+    reader: &'r Reader,
+    out: Extracted,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Fields<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Fields<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let r = self.reader;
+        self.out.values = vec![None; r.features.len()];
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let name = name.as_ref();
+            if name == "anomaly" {
+                self.out.anomaly = map.next_value::<Option<AnomalyPart>>()?.unwrap_or_default();
+            } else if r.key_field.as_deref() == Some(name) {
+                self.out.key = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                };
+            } else if r.ts_field.as_deref() == Some(name) {
+                self.out.ts = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Number(n) => n.as_f64().map(Value::Float),
+                    serde_json::Value::String(s) => Some(Value::Str(s.into())),
+                    _ => None,
+                };
+            } else if let Some(i) = r.features.iter().position(|f| f == name) {
+                self.out.values[i] = map.next_value::<serde_json::Value>()?.as_f64();
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
     }
 }

@@ -116,9 +116,11 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
     Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
-/// Assign every partition of the two topics at the store's offsets.
-fn assign(consumer: &BaseConsumer, topics: &[&str], store: &Store) -> Result<usize> {
-    let offsets = store.offsets()?;
+/// Offsets the store resumes from: (topic, partition) -> next offset.
+type Offsets = HashMap<(String, i32), i64>;
+
+/// Assign every partition of the two topics at the stored offsets.
+fn assign(consumer: &BaseConsumer, topics: &[&str], offsets: &Offsets) -> Result<usize> {
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         for p in partitions(consumer, topic)? {
@@ -130,9 +132,8 @@ fn assign(consumer: &BaseConsumer, topics: &[&str], store: &Store) -> Result<usi
     Ok(tpl.count())
 }
 
-/// Records on the topics after the store's offsets.
-fn lag(consumer: &BaseConsumer, store: &Store) -> Option<i64> {
-    let offsets = store.offsets().ok()?;
+/// Records on the topics after the stored offsets.
+fn lag(consumer: &BaseConsumer, offsets: &Offsets) -> Option<i64> {
     let assignment = consumer.assignment().ok()?;
     let mut total = 0;
     for e in assignment.elements() {
@@ -143,10 +144,22 @@ fn lag(consumer: &BaseConsumer, store: &Store) -> Option<i64> {
     Some(total)
 }
 
+/// A batch written (or not) by the store thread.
+struct Written {
+    result: Result<(), rusqlite::Error>,
+    batch: Batch,
+    model_version: Option<i64>,
+    took: Duration,
+}
+
 /// The writer: consume, store, commit; report; enforce retention. Returns
 /// when `shared.stop` is set. Never exits on a full volume or a failing
 /// store: it reports, waits, rewinds to the stored offsets and tries again.
-pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<()> {
+///
+/// Two threads: this one polls the consumer and reads records into the next
+/// batch while the store thread commits the previous one (a transaction per
+/// batch, the batch's offsets in it); one batch is in flight at a time.
+pub fn write_loop(shared: &Shared, store: Store, reader: &Reader) -> Result<()> {
     let spec = &shared.pipeline.spec;
     let (output, dead) = (spec.output.name.as_str(), spec.dead_letter.name.as_str());
     let mut cfg = shared.kafka.client_config();
@@ -160,10 +173,16 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
     )
     .set("enable.auto.commit", "false")
     .set("enable.auto.offset.store", "false")
-    .set("isolation.level", "read_committed");
+    .set("isolation.level", "read_committed")
+    // Catching up on a backlog: larger fetches, fewer round trips.
+    .set("max.partition.fetch.bytes", "8388608")
+    .set("queued.min.messages", "200000");
     let consumer: BaseConsumer = cfg.create().context("cannot create the history consumer")?;
+    let mut stored = store.offsets()?;
+    let path = store.path().to_path_buf();
+    let store = Arc::new(Mutex::new(store));
     let mut assigned = loop {
-        match assign(&consumer, &[output, dead], &store) {
+        match assign(&consumer, &[output, dead], &stored) {
             Ok(n) => break n,
             Err(e) => {
                 shared.set(|s| {
@@ -177,15 +196,105 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
             }
         }
     };
-    info!(output, dead_letter = dead, partitions = assigned, store = %store.path().display(), "History writer started");
+    info!(output, dead_letter = dead, partitions = assigned, store = %path.display(), "History writer started");
     shared.set(|s| {
         s.state = "Running".into();
         s.message = None;
     });
-    let mut stored = store.offsets()?;
+
+    let (jobs, job_rx) = std::sync::mpsc::sync_channel::<(Batch, Option<i64>)>(0);
+    let (done_tx, done) = std::sync::mpsc::channel::<Written>();
+    let store_thread = {
+        let store = store.clone();
+        std::thread::Builder::new().name("history-store".into()).spawn(move || {
+            for (batch, model_version) in job_rx {
+                let started = Instant::now();
+                let result = match store.lock() {
+                    Ok(mut s) => s.write(&batch),
+                    Err(_) => Err(rusqlite::Error::InvalidQuery),
+                };
+                if done_tx.send(Written { result, batch, model_version, took: started.elapsed() }).is_err() {
+                    return;
+                }
+            }
+        })?
+    };
+    let mut in_flight = false;
     let mut backoff = Duration::from_secs(1);
     let mut last_retention = Instant::now() - Duration::from_secs(3600);
     let mut last_check = Instant::now();
+    // The outcome of the batch in flight: Ok(true) written, Ok(false)
+    // failed (reported; the consumer rewound).
+    let mut settle = |in_flight: &mut bool, stored: &mut Offsets| -> bool {
+        if !*in_flight {
+            return true;
+        }
+        *in_flight = false;
+        let Ok(w) = done.recv() else { return false };
+        match w.result {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                stored.extend(w.batch.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+                let records = w.batch.records() as u64;
+                shared.metrics.record_write(records, w.took);
+                shared.set(|s| {
+                    if s.state != "Running" {
+                        info!("History writes again");
+                    }
+                    s.state = "Running".into();
+                    s.message = None;
+                    s.records += records;
+                    s.writes += 1;
+                    s.last_write =
+                        Some(crate::codec::time::format_rfc3339(chrono::Utc::now().timestamp_millis()));
+                    if w.model_version.is_some() {
+                        s.model_version = w.model_version;
+                    }
+                });
+                // For lag dashboards and the operator: the committed group
+                // offsets follow the store (the store's own offsets are what
+                // a restart resumes from).
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), o) in &w.batch.offsets {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                }
+                let _ = consumer.commit(&tpl, CommitMode::Async);
+                true
+            }
+            Err(e) => {
+                let (state, message) = if is_full(&e) {
+                    (
+                        "VolumeFull",
+                        format!(
+                            "the history volume is full ({e}); writing stopped, nothing is lost (the topics keep the records until there is room): grow spec.storage.size or shorten spec.storage.retention"
+                        ),
+                    )
+                } else {
+                    ("Failing", format!("the history store refused a write: {e}"))
+                };
+                error!(state, %message, "History write failed");
+                shared.metrics.write_failed();
+                shared.set(|s| {
+                    s.state = state.into();
+                    s.message = Some(message);
+                });
+                // Rewind to what is stored and try again later; retention
+                // may free room in the meantime.
+                if let Ok(mut s) = store.lock() {
+                    let _ = s.enforce_retention(retention_cutoff(shared));
+                    if let Ok(o) = s.offsets() {
+                        *stored = o;
+                    }
+                }
+                if let Err(e) = assign(&consumer, &[output, dead], stored) {
+                    warn!(error = %format!("{e:#}"), "could not rewind the history consumer");
+                }
+                sleep_unless_stopped(shared, backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                false
+            }
+        }
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         let mut batch = Batch::default();
         let deadline = Instant::now() + Duration::from_millis(200);
@@ -208,12 +317,8 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
                         m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
                     let payload = m.payload().unwrap_or_default();
                     if m.topic() == output {
-                        reader.output(&mut batch, payload, m.key(), ts);
-                        if model_version.is_none() || n % 64 == 0 {
-                            model_version = serde_json::from_slice::<serde_json::Value>(payload)
-                                .ok()
-                                .and_then(|v| v["anomaly"]["modelVersion"].as_i64())
-                                .or(model_version);
+                        if let Some(v) = reader.output(&mut batch, payload, m.key(), ts) {
+                            model_version = Some(v);
                         }
                     } else {
                         let headers: Vec<(&str, &[u8])> = m
@@ -222,9 +327,19 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
                             .unwrap_or_default();
                         reader.dead_letter(&mut batch, payload, &headers, ts);
                     }
-                    batch.offsets.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                    match batch.offsets.get_mut(&(m.topic().to_string(), m.partition())) {
+                        Some(o) => *o = m.offset() + 1,
+                        None => {
+                            batch.offsets.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                        }
+                    }
                 }
             }
+        }
+        // The previous batch must be stored before this one goes (and if it
+        // failed, this one was read past a rewind: dropped, read again).
+        if !settle(&mut in_flight, &mut stored) {
+            continue;
         }
         if batch.is_empty() {
             // Idle: transaction markers (exactly-once outputs) move the
@@ -242,80 +357,30 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
             }
         }
         if !batch.is_empty() {
-            let started = Instant::now();
-            match store.write(&batch) {
-                Ok(()) => {
-                    backoff = Duration::from_secs(1);
-                    stored.extend(batch.offsets.iter().map(|(k, v)| (k.clone(), *v)));
-                    let records = batch.records() as u64;
-                    shared.metrics.record_write(records, started.elapsed());
-                    shared.set(|s| {
-                        if s.state != "Running" {
-                            info!("History writes again");
-                        }
-                        s.state = "Running".into();
-                        s.message = None;
-                        s.records += records;
-                        s.writes += 1;
-                        s.last_write =
-                            Some(crate::codec::time::format_rfc3339(chrono::Utc::now().timestamp_millis()));
-                        if model_version.is_some() {
-                            s.model_version = model_version;
-                        }
-                    });
-                    // For lag dashboards and the operator: the committed
-                    // group offsets follow the store (the store's own
-                    // offsets are what a restart resumes from).
-                    let mut tpl = TopicPartitionList::new();
-                    for ((t, p), o) in &batch.offsets {
-                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-                    }
-                    let _ = consumer.commit(&tpl, CommitMode::Async);
-                }
-                Err(e) => {
-                    let (state, message) = if is_full(&e) {
-                        (
-                            "VolumeFull",
-                            format!(
-                                "the history volume is full ({e}); writing stopped, nothing is lost (the topics keep the records until there is room): grow spec.storage.size or shorten spec.storage.retention"
-                            ),
-                        )
-                    } else {
-                        ("Failing", format!("the history store refused a write: {e}"))
-                    };
-                    error!(state, %message, "History write failed");
-                    shared.metrics.write_failed();
-                    shared.set(|s| {
-                        s.state = state.into();
-                        s.message = Some(message);
-                    });
-                    // Rewind to what is stored and try again later; retention
-                    // may free room in the meantime.
-                    let _ = store.enforce_retention(retention_cutoff(shared));
-                    stored = store.offsets().unwrap_or_default();
-                    if let Err(e) = assign(&consumer, &[output, dead], &store) {
-                        warn!(error = %format!("{e:#}"), "could not rewind the history consumer");
-                    }
-                    sleep_unless_stopped(shared, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
-                }
+            if jobs.send((batch, model_version)).is_err() {
+                anyhow::bail!("the history store thread stopped");
             }
+            in_flight = true;
         }
         if last_retention.elapsed() >= shared.options.retention_interval {
             last_retention = Instant::now();
-            match store.enforce_retention(retention_cutoff(shared)) {
+            let cutoff = retention_cutoff(shared);
+            let (removed, stats) = match store.lock() {
+                Ok(mut s) => (s.enforce_retention(cutoff), s.stats().ok()),
+                Err(_) => (Ok(0), None),
+            };
+            match removed {
                 Ok(0) => {}
                 Ok(n) => info!(rows = n, "History retention removed old rows"),
                 Err(e) => warn!(error = %format!("{e:#}"), "History retention"),
             }
-            if let Ok(stats) = store.stats() {
+            if let Some(stats) = stats {
                 shared.metrics.set_bytes(stats.bytes);
             }
         }
         if last_check.elapsed() > Duration::from_secs(5) {
             last_check = Instant::now();
-            let l = lag(&consumer, &store);
+            let l = lag(&consumer, &stored);
             if let Some(l) = l {
                 shared.metrics.set_lag(l);
             }
@@ -323,14 +388,17 @@ pub fn write_loop(shared: &Shared, mut store: Store, reader: &Reader) -> Result<
             // Partitions added to a topic are picked up.
             let now: usize =
                 [output, dead].iter().map(|t| partitions(&consumer, t).map_or(0, |p| p.len())).sum();
-            if now > assigned {
-                if let Ok(n) = assign(&consumer, &[output, dead], &store) {
+            if now > assigned && settle(&mut in_flight, &mut stored) {
+                if let Ok(n) = assign(&consumer, &[output, dead], &stored) {
                     info!(partitions = n, "History consumer reassigned (partitions added)");
                     assigned = n;
                 }
             }
         }
     }
+    settle(&mut in_flight, &mut stored);
+    drop(jobs);
+    let _ = store_thread.join();
     Ok(())
 }
 

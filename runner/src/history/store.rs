@@ -7,7 +7,10 @@
 //! the image needs nothing more.
 //!
 //! Tables:
-//! - `anomalies`: every flagged record in full (its JSON), by time and key.
+//! - `anomalies`: every flagged record in full, by time and key: its JSON
+//!   compressed with zstd and a dictionary trained on the store's first
+//!   flagged records (`dictionaries`): flagged records of one pipeline look
+//!   alike, so a small dictionary shrinks them several times.
 //! - `dead_letters`: every dead-lettered record with stage, reason, where it
 //!   came from, and its payload (cut to [`MAX_PAYLOAD`] bytes).
 //! - `rollups`: per key and minute, the count, score sum and maximum,
@@ -42,7 +45,13 @@ CREATE TABLE IF NOT EXISTS anomalies (
   ts INTEGER NOT NULL,
   key TEXT NOT NULL,
   score REAL NOT NULL,
-  record TEXT NOT NULL
+  dict INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dictionaries (
+  id INTEGER PRIMARY KEY,
+  data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS anomalies_by_time ON anomalies(ts);
 CREATE INDEX IF NOT EXISTS anomalies_by_key ON anomalies(key, ts);
@@ -366,12 +375,45 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// Flagged records kept to train the dictionary on.
+const DICT_SAMPLES: usize = 1000;
+/// Dictionary size.
+const DICT_BYTES: usize = 16 * 1024;
+/// zstd level (fast; the dictionary does most of the work).
+const ZSTD_LEVEL: i32 = 3;
+
 /// The history database.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     features: Vec<String>,
     feature_set: i64,
+    compressor: Option<(i64, zstd::bulk::Compressor<'static>)>,
+    samples: Vec<Vec<u8>>,
+}
+
+/// A stored record as text (dict 0: stored as it came).
+fn unpack(
+    dicts: &mut HashMap<i64, zstd::bulk::Decompressor<'static>>,
+    conn: &Connection,
+    dict: i64,
+    size: i64,
+    data: Vec<u8>,
+) -> Result<String> {
+    if dict == 0 {
+        return Ok(String::from_utf8_lossy(&data).into_owned());
+    }
+    if !dicts.contains_key(&dict) {
+        let bytes: Vec<u8> = conn
+            .query_row("SELECT data FROM dictionaries WHERE id = ?1", [dict], |r| r.get(0))
+            .with_context(|| format!("the store lacks dictionary {dict}: damaged"))?;
+        dicts.insert(dict, zstd::bulk::Decompressor::with_dictionary(&bytes)?);
+    }
+    let d = dicts.get_mut(&dict).context("dictionary")?;
+    let out = d
+        .decompress(&data, usize::try_from(size).unwrap_or(0).min(64 << 20))
+        .context("a stored record does not decompress: damaged")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -482,7 +524,14 @@ impl Store {
         conn.execute("INSERT OR IGNORE INTO feature_sets(names) VALUES (?1)", [&names])?;
         let feature_set =
             conn.query_row("SELECT id FROM feature_sets WHERE names = ?1", [&names], |r| r.get(0))?;
-        Ok(Store { conn, path, features: features.to_vec(), feature_set })
+        let compressor = conn
+            .query_row("SELECT id, data FROM dictionaries ORDER BY id DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?
+            .map(|(id, data)| zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, &data).map(|c| (id, c)))
+            .transpose()?;
+        Ok(Store { conn, path, features: features.to_vec(), feature_set, compressor, samples: Vec::new() })
     }
 
     /// Open an existing store read-only (queries).
@@ -498,7 +547,7 @@ impl Store {
         )
         .with_context(|| format!("cannot open the history store {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Store { conn, path, features: Vec::new(), feature_set: 0 })
+        Ok(Store { conn, path, features: Vec::new(), feature_set: 0, compressor: None, samples: Vec::new() })
     }
 
     /// The features rolled up, in order.
@@ -518,10 +567,22 @@ impl Store {
     pub fn write(&mut self, batch: &Batch) -> Result<(), rusqlite::Error> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins =
-                tx.prepare_cached("INSERT INTO anomalies(ts, key, score, record) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO anomalies(ts, key, score, dict, size, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             for a in &batch.anomalies {
-                ins.execute(params![a.ts, a.key, a.score, a.record])?;
+                let raw = a.record.as_bytes();
+                let packed =
+                    self.compressor.as_mut().and_then(|(id, c)| c.compress(raw).ok().map(|b| (*id, b)));
+                match packed {
+                    Some((id, b)) => ins.execute(params![a.ts, a.key, a.score, id, raw.len() as i64, b])?,
+                    None => {
+                        if self.samples.len() < DICT_SAMPLES {
+                            self.samples.push(raw.to_vec());
+                        }
+                        ins.execute(params![a.ts, a.key, a.score, 0i64, raw.len() as i64, raw])?
+                    }
+                };
             }
             let mut ins = tx.prepare_cached(
                 "INSERT INTO dead_letters(ts, stage, reason, topic, partition, offset, truncated, original_size, payload)
@@ -599,7 +660,23 @@ impl Store {
                 off.execute(params![topic, partition, next])?;
             }
         }
-        tx.commit()
+        tx.commit()?;
+        if self.compressor.is_none() && self.samples.len() >= DICT_SAMPLES {
+            self.train();
+        }
+        Ok(())
+    }
+
+    /// Train the dictionary on the samples kept; later records use it
+    /// (records already stored stay as they are). A failure leaves records
+    /// uncompressed, which costs room, not correctness.
+    fn train(&mut self) {
+        let samples = std::mem::take(&mut self.samples);
+        let Ok(dict) = zstd::dict::from_samples(&samples, DICT_BYTES) else { return };
+        let Ok(c) = zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, &dict) else { return };
+        if self.conn.execute("INSERT INTO dictionaries(data) VALUES (?1)", [&dict]).is_ok() {
+            self.compressor = Some((self.conn.last_insert_rowid(), c));
+        }
     }
 
     /// Remove everything older than `cutoff` (ms); returns rows removed.
@@ -622,10 +699,12 @@ impl Store {
         let (from, to, limit) = Self::range(q);
         let (cts, cid) = q.cursor.as_ref().map_or((i64::MIN, i64::MIN), |c| (c.ts, c.id));
         let min = q.min_score.unwrap_or(f64::NEG_INFINITY);
-        let sql_key = "SELECT id, ts, key, score, record FROM anomalies INDEXED BY anomalies_by_key
+        let sql_key =
+            "SELECT id, ts, key, score, dict, size, record FROM anomalies INDEXED BY anomalies_by_key
              WHERE key = ?1 AND ts >= ?2 AND ts < ?3 AND (ts, id) > (?4, ?5) AND score >= ?6
              ORDER BY ts, id LIMIT ?7";
-        let sql_all = "SELECT id, ts, key, score, record FROM anomalies INDEXED BY anomalies_by_time
+        let sql_all =
+            "SELECT id, ts, key, score, dict, size, record FROM anomalies INDEXED BY anomalies_by_time
              WHERE ts >= ?2 AND ts < ?3 AND (ts, id) > (?4, ?5) AND score >= ?6 AND ?1 IS NULL
              ORDER BY ts, id LIMIT ?7";
         let mut st = self.conn.prepare_cached(if q.key.is_some() { sql_key } else { sql_all })?;
@@ -635,17 +714,21 @@ impl Store {
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, f64>(3)?,
-                r.get::<_, String>(4)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
             ))
         })?;
         let mut items = Vec::new();
         let mut last = None;
+        let mut dicts = HashMap::new();
         for row in rows {
-            let (id, ts, key, score, record) = row?;
+            let (id, ts, key, score, dict, size, data) = row?;
             if items.len() == limit {
                 return Ok(Page { items, next_cursor: last.map(|c: Cursor| c.encode()) });
             }
             last = Some(Cursor { ts, id, key: None });
+            let record = unpack(&mut dicts, &self.conn, dict, size, data)?;
             let record = serde_json::from_str(&record).unwrap_or(serde_json::Value::String(record));
             items.push(AnomalyRow { time: rfc3339(ts), key, score, record });
         }

@@ -196,3 +196,58 @@ fn cursors_that_were_not_issued_are_refused() {
     let c = Cursor { ts: -5, id: 9, key: Some("machine 7/é".into()) };
     assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
 }
+
+#[test]
+fn flagged_records_are_compressed_once_a_dictionary_is_trained_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), &features()).unwrap();
+    let record = |i: i64| {
+        format!(
+            r#"{{"ts":{i},"host":"host-{:03}","cpu":{}.5,"anomaly":{{"score":0.97,"isAnomaly":true,"detector":"robustZ","explanation":[{{"feature":"cpu","weight":1.0,"value":{}.5,"expected":41.0}}]}}}}"#,
+            i % 100,
+            40 + i % 13,
+            40 + i % 13
+        )
+    };
+    for b in 0..3 {
+        let mut batch = Batch::default();
+        for i in b * 1000..(b + 1) * 1000 {
+            batch.anomalies.push(NewAnomaly {
+                ts: i,
+                key: format!("host-{:03}", i % 100),
+                score: 0.97,
+                record: record(i),
+            });
+        }
+        s.write(&batch).unwrap();
+    }
+    // Read back through a fresh read-only handle, as the API does.
+    let r = Store::open_read_only(dir.path()).unwrap();
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = r.anomalies(&Query { limit: 1000, cursor: cursor.take(), ..Query::default() }).unwrap();
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(Cursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 3000);
+    for (i, a) in all.iter().enumerate() {
+        let want: serde_json::Value = serde_json::from_str(&record(i as i64)).unwrap();
+        assert_eq!(a.record, want, "record {i}");
+    }
+    let raw: i64 = (0..3000).map(|i| record(i).len() as i64).sum();
+    let n_dict: i64 = {
+        let c = rusqlite::Connection::open(dir.path().join(FILE)).unwrap();
+        c.query_row("SELECT count(*) FROM anomalies WHERE dict != 0", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(n_dict, 2000, "the first 1000 train the dictionary; the rest use it");
+    let stored: i64 = {
+        let c = rusqlite::Connection::open(dir.path().join(FILE)).unwrap();
+        c.query_row("SELECT sum(length(record)) FROM anomalies WHERE dict != 0", [], |r| r.get(0)).unwrap()
+    };
+    let raw_later: i64 = (1000..3000).map(|i| record(i).len() as i64).sum();
+    assert!(stored * 3 < raw_later, "compressed {stored} bytes from {raw_later} ({raw} in all)");
+}
