@@ -281,6 +281,39 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A container (`name`) of the runner image running `vigil <command>`: its HTTP
+/// server on `port` (named `http`, probed at /healthz and /readyz),
+/// hardened, the termination log quoted on errors.
+fn vigil_container(
+    p: &Pipeline,
+    settings: &Settings,
+    (name, command): (&str, &str),
+    port: i32,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    resources: ResourceRequirements,
+) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
+        args: Some(vec![command.into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        resources: Some(resources),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
 /// The ConfigMap volume with the pipeline manifest, and its mount.
 fn pipeline_volume(name: &str) -> (Volume, VolumeMount) {
     (
@@ -346,28 +379,11 @@ pub fn deployment(
     }
     // Runners keep no state on disk: history is the history component's
     // (a StatefulSet), so any number of runners work with ReadWriteOnce.
-    let container = Container {
-        name: "runner".into(),
-        image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
-        args: Some(vec!["run".into()]),
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        resources: Some(p.spec.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(container_security()),
-        volume_mounts: Some(mounts),
-        // The runner writes the error that ends it to the termination log;
-        // a panic leaves the last log lines instead. The operator quotes
-        // either on the Pipeline (`runners.rs`).
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
+    // The runner writes the error that ends it to the termination log; a
+    // panic leaves the last log lines instead. The operator quotes either
+    // on the Pipeline (`runners.rs`).
+    let resources = p.spec.resources.clone().unwrap_or_else(default_resources);
+    let container = vigil_container(p, settings, ("runner", "run"), HTTP_PORT, env_vars, mounts, resources);
     meta.annotations = Some([(CONFIG_HASH.to_string(), hash.to_string())].into());
     Ok(Deployment {
         metadata: meta,
@@ -490,25 +506,15 @@ pub fn history_statefulset(
             ..Volume::default()
         });
     }
-    let container = Container {
-        name: "history".into(),
-        image: Some(p.spec.image.clone().unwrap_or_else(|| settings.runner_image.clone())),
-        args: Some(vec!["history-server".into()]),
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: API_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        resources: Some(default_resources()),
-        security_context: Some(container_security()),
-        volume_mounts: Some(mounts),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
+    let container = vigil_container(
+        p,
+        settings,
+        ("history", "history-server"),
+        API_PORT,
+        env_vars,
+        mounts,
+        default_resources(),
+    );
     let annotations: BTreeMap<String, String> = [
         ("prometheus.io/scrape", "true".to_string()),
         ("prometheus.io/port", API_PORT.to_string()),

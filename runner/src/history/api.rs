@@ -480,10 +480,17 @@ fn json_type(v: &serde_json::Value) -> &'static str {
         (status = 400, description = "A record is not a JSON object (the record is named)", body = ApiError),
         (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The Pipeline's input is CSV", body = ApiError),
         (status = 503, description = "The broker did not acknowledge every record", body = ApiError),
     )
 )]
 async fn publish(State(app): State<App>, body: Bytes) -> Response {
+    if app.shared.pipeline.spec.input.encoding.format != vigil_crds::RecordFormat::Json {
+        return fail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this Pipeline reads CSV (spec.input.format); POST /v1/records publishes JSON records, for JSON pipelines",
+        );
+    }
     let records = match split_records(&body) {
         Ok(r) => r,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
