@@ -97,7 +97,17 @@ fn pod_targets(pods: &[Pod], job: &'static str) -> Vec<(&'static str, String, St
     pods.iter()
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.clone()?;
-            Some((job, format!("{ip}:8080"), p.metadata.name.clone()?))
+            // The container port named http: 8080 on runners, 8081 on the
+            // history component, 8080 on the operator.
+            let port = p
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some("http"))
+                .map_or(8080, |p| p.container_port);
+            Some((job, format!("{ip}:{port}"), p.metadata.name.clone()?))
         })
         .collect()
 }
@@ -119,6 +129,7 @@ spec:
   deadLetter: {{name: {t}-dlq}}
   topicDeletionPolicy: Delete
   resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{memory: 256Mi}}}}
+  storage: {{size: 64Mi, retention: 1d}}
 "#
     );
     let dir = tempfile::tempdir().unwrap();
@@ -131,12 +142,12 @@ spec:
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ready = api
-            .get("obs")
-            .await
-            .ok()
-            .and_then(|p| p.status)
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        // Ready, and the history component too (its panels are checked).
+        let ready = api.get("obs").await.ok().and_then(|p| p.status).is_some_and(|s| {
+            ["Ready", "HistoryReady"]
+                .iter()
+                .all(|t| s.conditions.iter().any(|c| c.type_ == *t && c.status == "True"))
+        });
         if ready {
             break;
         }

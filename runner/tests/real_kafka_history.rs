@@ -27,11 +27,14 @@ struct History {
 
 impl History {
     fn start(dir: &Path, manifest: &str, token: Option<&str>, extra: &[&str]) -> History {
+        Self::start_in(dir, &dir.join("store"), manifest, token, extra)
+    }
+
+    fn start_in(dir: &Path, data: &Path, manifest: &str, token: Option<&str>, extra: &[&str]) -> History {
         let file = dir.join("pipeline.yaml");
         std::fs::write(&file, manifest).unwrap();
         let port = free_port();
         let log = dir.join("history.log");
-        let data = dir.join("store");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
         cmd.args([
@@ -312,6 +315,21 @@ async fn real_kafka_published_records_come_back_scored_flagged_and_in_history() 
             .0,
         403
     );
+    // A rotated Secret (the mounted file changes) is picked up without a
+    // restart: the new token works, the old one no longer does.
+    std::fs::write(dir.path().join("token"), "rotated-token\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while call("GET", &history.url("/v1/pipeline"), Some("rotated-token"), None).unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "the rotated token was not picked up");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(call("GET", &history.url("/v1/pipeline"), Some(TOKEN), None).unwrap().0, 403);
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while call("GET", &history.url("/v1/pipeline"), Some(TOKEN), None).unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "the token was not rotated back");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     // Probes and the document need no token.
     assert_eq!(call("GET", &history.url("/healthz"), None, None).unwrap().0, 200);
     let (code, doc) = call("GET", &history.url("/openapi.json"), None, None).unwrap();
@@ -541,6 +559,98 @@ async fn real_kafka_data_api_answers_a_malformed_request_corpus_with_clear_4xx_a
     let (code, _) = post(b"{\"id\": 1, \"host\": \"h1\", \"cpu\": 40}");
     assert_eq!(code, 200);
     drop(stalled);
+    drop(h);
+    topics.delete().await;
+}
+
+/// `mount` / `umount` (the tests run as root, as the real node needs).
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Unmounts the small volume whatever happens.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_kafka_history_a_full_volume_is_reported_not_a_crash_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::create("histfull", 1).await;
+    let manifest = topics.pipeline("histfull", "atLeastOnce", "[]");
+    // A 3 MiB volume, and 3,000 flagged records of 4 KiB of noise each
+    // (12 MiB that no dictionary shrinks) already on the output topic.
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    sh(&["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", vol.to_str().unwrap()]);
+    let _mounted = Mounted(vol.clone());
+    let total = 3000u64;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let records: Vec<String> = (0..total)
+        .map(|i| {
+            let noise: String = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            serde_json::json!({"id": i, "host": format!("h{}", i % 3), "cpu": 99.0, "noise": noise,
+                "anomaly": {"score": 0.99, "isAnomaly": true, "detector": "robustZ"}})
+            .to_string()
+        })
+        .collect();
+    let pairs: Vec<(Option<&str>, &[u8])> = records.iter().map(|r| (None, r.as_bytes())).collect();
+    kafka::produce(&topics.output, &pairs).await.unwrap();
+
+    let h = History::start_in(dir.path(), &vol.join("store"), &manifest, None, &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let full = loop {
+        let (_, body) = call("GET", &h.url("/status"), None, None).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["state"] == "VolumeFull" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never reported a full volume: {body}\n{}", h.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(full["message"].as_str().unwrap().contains("spec.storage.size"), "says what to do: {full}");
+    // Reported, not a crash: alive, not ready (with the reason), still
+    // answering queries on what it has.
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, body) = call("GET", &h.url("/readyz"), None, None).unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("VolumeFull"), "{body}");
+    assert_eq!(call("GET", &h.url("/healthz"), None, None).unwrap().0, 200);
+    assert_eq!(call("GET", &h.url("/v1/anomalies?limit=5"), None, None).unwrap().0, 200);
+    let (_, metrics) = call("GET", &h.url("/metrics"), None, None).unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("vigil_history_write_failures_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Room again: it resumes by itself from what it stored, and every
+    // record is there once.
+    sh(&["mount", "-o", "remount,size=256m", vol.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = call("GET", &h.url("/v1/pipeline"), None, None).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if p["store"]["records"].as_u64() == Some(total) && p["history"]["state"] == "Running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not resume: {p}\n{}", h.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ids: Vec<u64> =
+        h.all("/v1/anomalies", "").iter().map(|a| a["record"]["id"].as_u64().unwrap()).collect();
+    let unique: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!((ids.len(), unique.len()), (total as usize, total as usize), "every record once");
     drop(h);
     topics.delete().await;
 }

@@ -64,16 +64,15 @@ pub struct Metrics {
     requests: Family<Vec<(String, String)>, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Registered.
-    pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+    /// Registered, labelled with the pipeline's namespace and name (as the
+    /// runners' are, so the Pipeline's dashboard selects both).
+    pub fn new(namespace: &str, pipeline: &str) -> Metrics {
+        let labels = [
+            (std::borrow::Cow::Borrowed("namespace"), std::borrow::Cow::Owned(namespace.to_string())),
+            (std::borrow::Cow::Borrowed("pipeline"), std::borrow::Cow::Owned(pipeline.to_string())),
+        ];
+        let mut registry = Registry::with_labels(labels.into_iter());
         let m = Metrics {
             records: Counter::default(),
             writes: Counter::default(),
@@ -143,7 +142,7 @@ impl Metrics {
 mod tests {
     #[test]
     fn names_lists_every_exported_metric() {
-        let m = super::Metrics::new();
+        let m = super::Metrics::new("ns", "p");
         m.record_write(3, std::time::Duration::from_millis(2));
         m.requests
             .get_or_create(&vec![("route".into(), "/v1/anomalies".into()), ("code".into(), "200".into())])
@@ -156,6 +155,7 @@ mod tests {
             .collect();
         let listed: std::collections::BTreeSet<&str> = super::NAMES.iter().copied().collect();
         assert_eq!(exported, listed);
+        assert!(text.contains(r#"vigil_history_records_total{namespace="ns",pipeline="p"} 3"#), "{text}");
     }
 }
 

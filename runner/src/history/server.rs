@@ -437,7 +437,7 @@ pub fn run(pipeline: Pipeline, options: Options) -> Result<()> {
         options: options.clone(),
         status: Mutex::new(WriterStatus { state: "Starting".into(), ..WriterStatus::default() }),
         stop: AtomicBool::new(false),
-        metrics: super::api::Metrics::new(),
+        metrics: super::api::Metrics::new(&options.namespace, &name),
     });
     let writer = {
         let shared = shared.clone();
