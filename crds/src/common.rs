@@ -158,8 +158,9 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 
-    /// How long scored records are kept, e.g. `7d`. Older records are
-    /// removed by the runner's compaction.
+    /// How long history is kept, e.g. `7d`: a Pipeline's flagged records,
+    /// dead letters and per-key minutes older than this are removed every
+    /// minute (not used for Models).
     #[serde(default = "default_retention")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
     pub retention: String,

@@ -72,7 +72,11 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub delivery: Delivery,
 
-    /// History volume for scored records; absent keeps no history.
+    /// History. With it, the operator runs the Pipeline's history component
+    /// (StatefulSet `<name>-history`, on a volume of its own of this size):
+    /// every flagged record, every dead letter with its reason, and per-key
+    /// minute rollups, served by the Data API (Service `<name>-api`, port
+    /// 8081). Absent: no history and no Data API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
 
@@ -99,7 +103,7 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub topic_deletion_policy: TopicDeletionPolicy,
 
-    /// The runner's HTTP data API.
+    /// The Data API of the history component (needs `storage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiSpec>,
 }
@@ -119,7 +123,8 @@ pub struct InputSpec {
     pub encoding: RecordEncoding,
 }
 
-/// The runner's data API (publish, results, history, logs).
+/// The Data API (publish, flagged records, history, dead letters, live
+/// results), served by the history component.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiSpec {

@@ -168,9 +168,12 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // Publish through the API; the records come back scored, and the
-    // store counts them per key.
+    // store counts them per key. (The example's topics outlive a test run,
+    // and the component stores what the output topic holds: a key of this
+    // run's own.)
+    let api_key = format!("api-{run}");
     let published: String = (0..30)
-        .map(|i| format!("{{\"run\": \"{run}-api\", \"id\": {i}, \"host\": \"web-api\", \"timestamp\": \"2026-12-01 11:00:{i:02}\", \"cpu\": 31.5}}\n"))
+        .map(|i| format!("{{\"run\": \"{run}-api\", \"id\": {i}, \"host\": \"{api_key}\", \"timestamp\": \"2026-12-01 11:00:{i:02}\", \"cpu\": 31.5}}\n"))
         .collect();
     let answer = curl(&[
         "-X",
@@ -184,13 +187,13 @@ async fn real_node_helm_install_examples_and_records_through_running_pods() {
     assert!(answer.contains("\"accepted\":30"), "POST /v1/records: {answer}");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let page = curl(&[&format!("{api_url}/v1/history?key=web-api")]);
+        let page = curl(&[&format!("{api_url}/v1/history?key={api_key}")]);
         let v: serde_json::Value = serde_json::from_str(&page).unwrap_or_default();
         let n: i64 = v["items"].as_array().map_or(0, |r| r.iter().filter_map(|x| x["count"].as_i64()).sum());
         if n == 30 {
             break;
         }
-        assert!(Instant::now() < deadline, "history of web-api: {page}\n{}", diagnostics(&ns.name));
+        assert!(Instant::now() < deadline, "history of {api_key}: {page}\n{}", diagnostics(&ns.name));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let info: serde_json::Value = serde_json::from_str(&curl(&[&format!("{api_url}/v1/pipeline")])).unwrap();
