@@ -91,11 +91,7 @@ pub struct Metrics {
 impl Metrics {
     /// Metrics labelled with the pipeline's namespace and name.
     pub fn new(namespace: &str, pipeline: &str) -> Self {
-        let labels = [
-            (Cow::Borrowed("namespace"), Cow::Owned(namespace.to_string())),
-            (Cow::Borrowed("pipeline"), Cow::Owned(pipeline.to_string())),
-        ];
-        let mut registry = Registry::with_labels(labels.into_iter());
+        let mut registry = pipeline_registry(namespace, pipeline);
         let m = Metrics {
             records_in: Counter::default(),
             records_out: Counter::default(),
@@ -170,11 +166,26 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        encode(&self.registry)
     }
+}
+
+/// A registry whose metrics carry the pipeline's namespace and name (so a
+/// Pipeline's dashboard selects its runners and its history component).
+pub fn pipeline_registry(namespace: &str, pipeline: &str) -> Registry {
+    let labels = [
+        (Cow::Borrowed("namespace"), Cow::Owned(namespace.to_string())),
+        (Cow::Borrowed("pipeline"), Cow::Owned(pipeline.to_string())),
+    ];
+    Registry::with_labels(labels.into_iter())
+}
+
+/// The text exposition of `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
 #[cfg(test)]

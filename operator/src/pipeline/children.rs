@@ -266,6 +266,20 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
 
+/// Pod annotations: scraped on `port`, and the config hash whose change
+/// rolls the pods.
+fn pod_annotations(port: i32, hash: &str) -> BTreeMap<String, String> {
+    [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", port.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+        (CONFIG_HASH, hash.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// An HTTP probe on the container port named `http`.
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
@@ -346,15 +360,7 @@ pub fn deployment(
     let mut meta = child_meta(p, runner_name(&name), "runner")?;
     let mut pod_labels = labels(&name, "runner");
     pod_labels.extend(selector(&name));
-    let annotations: BTreeMap<String, String> = [
-        ("prometheus.io/scrape", "true".to_string()),
-        ("prometheus.io/port", HTTP_PORT.to_string()),
-        ("prometheus.io/path", "/metrics".to_string()),
-        (CONFIG_HASH, hash.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let annotations = pod_annotations(HTTP_PORT, hash);
 
     let mut env_vars = vec![
         namespace_env(),
@@ -515,15 +521,7 @@ pub fn history_statefulset(
         mounts,
         default_resources(),
     );
-    let annotations: BTreeMap<String, String> = [
-        ("prometheus.io/scrape", "true".to_string()),
-        ("prometheus.io/port", API_PORT.to_string()),
-        ("prometheus.io/path", "/metrics".to_string()),
-        (CONFIG_HASH, hash.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let annotations = pod_annotations(API_PORT, hash);
     Ok(Some(StatefulSet {
         metadata: child_meta(p, history_name(&name), "history")?,
         spec: Some(StatefulSetSpec {

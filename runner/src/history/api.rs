@@ -68,11 +68,7 @@ impl Metrics {
     /// Registered, labelled with the pipeline's namespace and name (as the
     /// runners' are, so the Pipeline's dashboard selects both).
     pub fn new(namespace: &str, pipeline: &str) -> Metrics {
-        let labels = [
-            (std::borrow::Cow::Borrowed("namespace"), std::borrow::Cow::Owned(namespace.to_string())),
-            (std::borrow::Cow::Borrowed("pipeline"), std::borrow::Cow::Owned(pipeline.to_string())),
-        ];
-        let mut registry = Registry::with_labels(labels.into_iter());
+        let mut registry = crate::metrics::pipeline_registry(namespace, pipeline);
         let m = Metrics {
             records: Counter::default(),
             writes: Counter::default(),
@@ -132,9 +128,7 @@ impl Metrics {
     }
     /// The text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::metrics::encode(&self.registry)
     }
 }
 
