@@ -14,6 +14,7 @@ pub mod common;
 pub mod detector;
 pub mod duration;
 pub mod expr;
+pub mod kafka_access;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;

@@ -7,8 +7,15 @@
 #   kafka.sh stop      stop cleanly (SIGTERM, then SIGKILL after 30 s)
 #   kafka.sh restart   stop and start on the same port with the same data
 #   kafka.sh wipe      stop and delete its data
+#   kafka.sh admin ... SCRAM users and ACLs (e2e/tools/kafka/VigilKafkaAdmin.java)
 #
 # The port is VIGIL_KAFKA_PORT if given, else a free one, kept across restarts.
+#
+# Besides PLAINTEXT, the broker has a SASL_SSL listener (SCRAM-SHA-512 over
+# TLS, with a CA and certificate the harness makes) for security tests, and
+# ACLs on (StandardAuthorizer): the anonymous principal of the PLAINTEXT and
+# controller listeners is a super user, so every other test is unaffected,
+# while SCRAM users get exactly the ACLs a test grants them.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 LIBS="$VIGIL_CACHE/kafka-$KAFKA_VERSION/libs"
@@ -32,6 +39,32 @@ JAVA_ARGS=(-Xms256m -Xmx"${VIGIL_KAFKA_HEAP:-768m}" -XX:+UseG1GC -XX:MaxGCPauseM
   -cp "$LIBS/*")
 java_cmd() { java "${JAVA_ARGS[@]}" "$@"; }
 
+# tls_material SAN...: a CA and a broker certificate for these IP addresses,
+# made once (again when the addresses change). The broker reads one PEM file
+# with its key (PKCS#8) and certificate; clients trust ca.crt.
+tls_material() {
+  local tls="$DIR/tls" sans; sans=$(printf 'IP:%s,' "$@"); sans=${sans%,}
+  if [[ -f $tls/server.pem && $(cat "$tls/sans" 2>/dev/null) == "$sans" ]]; then return; fi
+  log "making TLS material for the broker ($sans)"
+  rm -rf "$tls"; mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=vigil-test-ca" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=vigil-test-kafka" \
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$sans" > "$tls/ext.cnf"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null
+  { openssl pkcs8 -topk8 -nocrypt -in "$tls/server.key"; cat "$tls/server.crt"; } > "$tls/server.pem"
+  chmod 0644 "$tls/ca.crt"
+  echo "$sans" > "$tls/sans"
+}
+
+# A port kept in $DIR/NAME across restarts.
+kept_port() {
+  local p; p=$(cat "$DIR/$1" 2>/dev/null || free_port)
+  echo "$p" > "$DIR/$1"; echo "$p"
+}
+
 configure() {
   mkdir -p "$DIR/data" "$DIR/logs"
   local port cport
@@ -39,24 +72,37 @@ configure() {
   cport=$(cat "$DIR/controller-port" 2>/dev/null || echo "${VIGIL_KAFKA_CONTROLLER_PORT:-$(free_port)}")
   echo "$port" > "$DIR/port"
   echo "$cport" > "$DIR/controller-port"
-  # Node mode: a second listener on the node IP, advertised there, for pods.
-  local pods="" pods_map=""
+  local sport; sport=$(kept_port secure-port)
+  # Node mode: listeners on the node IP, advertised there, for pods.
+  local pods="" pods_map="" ips=(127.0.0.1)
   # Kept across restarts while a node runs (broker-outage tests restart it).
   [[ -z ${VIGIL_NODE_IP:-} && -f $VIGIL_STATE/node/ip ]] && VIGIL_NODE_IP=$(cat "$VIGIL_STATE/node/ip")
   if [[ -n ${VIGIL_NODE_IP:-} ]]; then
-    local pport; pport=$(cat "$DIR/pod-port" 2>/dev/null || free_port)
-    echo "$pport" > "$DIR/pod-port"
-    pods=",PODS://$VIGIL_NODE_IP:$pport"; pods_map=",PODS:PLAINTEXT"
+    local pport psport; pport=$(kept_port pod-port); psport=$(kept_port pod-secure-port)
+    pods=",PODS://$VIGIL_NODE_IP:$pport,PODS_SECURE://$VIGIL_NODE_IP:$psport"
+    pods_map=",PODS:PLAINTEXT,PODS_SECURE:SASL_SSL"
+    ips+=("$VIGIL_NODE_IP")
   fi
+  tls_material "${ips[@]}"
+  local scram='org.apache.kafka.common.security.scram.ScramLoginModule required;'
   cat > "$DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$pods
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$pods
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SECURE://127.0.0.1:$sport$pods
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SECURE://127.0.0.1:$sport$pods
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$pods_map
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SECURE:SASL_SSL$pods_map
 inter.broker.listener.name=PLAINTEXT
+# Security tests: SCRAM over TLS, ACLs enforced for everyone but the
+# anonymous principal of the PLAINTEXT and controller listeners.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.secure.scram-sha-512.sasl.jaas.config=$scram
+listener.name.pods_secure.scram-sha-512.sasl.jaas.config=$scram
+ssl.keystore.type=PEM
+ssl.keystore.location=$DIR/tls/server.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
 log.dirs=$DIR/data
 # Tests create every topic they use; a typo must fail, not create a topic.
 auto.create.topics.enable=false
@@ -102,8 +148,11 @@ format_storage() {
 
 start() {
   install
-  if pid_alive "$PIDFILE" && [[ -n ${VIGIL_NODE_IP:-} ]] && ! grep -q "PODS://" "$DIR/server.properties"; then
+  if pid_alive "$PIDFILE" && [[ -n ${VIGIL_NODE_IP:-} ]] && ! grep -q "PODS_SECURE://" "$DIR/server.properties"; then
     log "restarting Kafka with a listener for pods on $VIGIL_NODE_IP"
+    stop
+  elif pid_alive "$PIDFILE" && ! grep -q "SECURE://" "$DIR/server.properties"; then
+    log "restarting Kafka with the SASL_SSL listener"
     stop
   fi
   if pid_alive "$PIDFILE"; then
@@ -127,6 +176,17 @@ start() {
     die "Kafka did not become ready within 120 s (logs: $DIR/logs)"
   fi
   set_env VIGIL_KAFKA_BOOTSTRAP "127.0.0.1:$port"
+  set_env VIGIL_KAFKA_SECURE_BOOTSTRAP "127.0.0.1:$(cat "$DIR/secure-port")"
+  set_env VIGIL_KAFKA_CA "$DIR/tls/ca.crt"
+}
+
+# admin COMMAND...: SCRAM users and ACLs (see VigilKafkaAdmin.java).
+admin() {
+  pid_alive "$PIDFILE" || die "Kafka is not running"
+  local out
+  # The client logs its whole configuration at INFO: shown only on failure.
+  out=$(java -Xmx128m -cp "$LIBS/*" "$E2E_DIR/tools/kafka/VigilKafkaAdmin.java" \
+    "127.0.0.1:$(cat "$DIR/port")" "$@" 2>&1) || { echo "$out" | grep -v '^\s' >&2; die "kafka admin $* failed"; }
 }
 
 ready() {
@@ -142,5 +202,6 @@ case "${1:-}" in
   restart) stop; start ;;
   wipe) stop; rm -rf "$DIR" ;;
   bootstrap) echo "127.0.0.1:$(cat "$DIR/port")" ;;
-  *) echo "usage: $0 install|start|stop|restart|wipe|bootstrap" >&2; exit 2 ;;
+  admin) shift; admin "$@" ;;
+  *) echo "usage: $0 install|start|stop|restart|wipe|bootstrap|admin" >&2; exit 2 ;;
 esac

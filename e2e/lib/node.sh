@@ -266,6 +266,7 @@ YAML
   set_env VIGIL_NODE "$NODE_NAME"
   set_env VIGIL_NODE_IP "$NODE_IP"
   set_env VIGIL_KAFKA_POD_BOOTSTRAP "$NODE_IP:$(cat "$VIGIL_STATE/kafka/pod-port")"
+  set_env VIGIL_KAFKA_POD_SECURE_BOOTSTRAP "$NODE_IP:$(cat "$VIGIL_STATE/kafka/pod-secure-port")"
 }
 
 proxy_ready() {

@@ -156,3 +156,49 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Result<Ve
         })
         .collect())
 }
+
+/// The broker's SASL_SSL listener (SCRAM-SHA-512 over TLS, ACLs enforced)
+/// and the CA that signed its certificate.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// `127.0.0.1:port`, for clients on this machine.
+    pub bootstrap: String,
+    /// The CA certificate (PEM) clients must trust.
+    pub ca_pem: String,
+}
+
+/// The secure listener, with the broker started if needed.
+pub fn secure() -> Secure {
+    crate::kafka();
+    let bootstrap = crate::setting("VIGIL_KAFKA_SECURE_BOOTSTRAP").expect("VIGIL_KAFKA_SECURE_BOOTSTRAP");
+    let ca = crate::setting("VIGIL_KAFKA_CA").expect("VIGIL_KAFKA_CA");
+    let ca_pem = std::fs::read_to_string(&ca).unwrap_or_else(|e| panic!("reading {ca}: {e}"));
+    Secure { bootstrap, ca_pem }
+}
+
+/// Run `kafka.sh admin` commands (`scram USER PASSWORD`, `allow USER TYPE
+/// PATTERN NAME OPERATION`, `revoke USER`; several separated by `","`).
+pub fn security_admin(args: &[&str]) -> Result<()> {
+    crate::kafka();
+    let script = crate::repo_dir().join("e2e/lib/kafka.sh");
+    let out = std::process::Command::new(&script).arg("admin").args(args).output()?;
+    if !out.status.success() {
+        bail!("kafka.sh admin {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Client settings (librdkafka properties) of SCRAM user `user` over TLS,
+/// as a Kafka Secret for a Pipeline holds them (`ca.crt` is a file key).
+pub fn scram_secret(user: &str, password: &str, ca_pem: &str) -> BTreeMap<String, String> {
+    [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", user),
+        ("sasl.password", password),
+        ("ca.crt", ca_pem),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

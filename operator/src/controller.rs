@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
@@ -110,9 +111,33 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .refresh_interval
         .map(|i| AbortOnDrop(tokio::spawn(pipeline::recheck::run(ctx.clone(), i, recheck_tx))));
     let pipelines_store = reader.clone();
+    // A changed Kafka Secret reconciles the Pipelines that name it: the
+    // operator's client takes the new settings, and the runners roll (the
+    // Secret is part of their config hash). Metadata only: the operator
+    // keeps no Secret contents in memory, and reads the one it needs.
+    let secret_changes = {
+        let pipelines = pipelines_store.clone();
+        watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .filter_map(|s| async move { s.ok() })
+            .flat_map(move |s| {
+                let refs: Vec<_> = pipelines
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        p.metadata.namespace == s.metadata.namespace
+                            && p.spec.kafka.secret_ref.as_ref().map(|r| Some(&r.name))
+                                == Some(s.metadata.name.as_ref())
+                    })
+                    .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&**p))
+                    .collect();
+                futures::stream::iter(refs)
+            })
+    };
     let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
-        .reconcile_on(recheck_rx)
+        .reconcile_on(futures::stream::select(recheck_rx, secret_changes))
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())

@@ -10,7 +10,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -44,9 +44,51 @@ pub struct Observed {
     pub config: BTreeMap<String, String>,
 }
 
+impl KafkaError {
+    /// Whether this is Kafka refusing the client (credentials, TLS, an
+    /// ACL) rather than an outage, and which.
+    pub fn refusal(&self) -> Option<vigil_crds::kafka_access::AccessProblem> {
+        vigil_crds::kafka_access::AccessProblem::from_message(&self.0)
+    }
+
+    /// The condition reason for this failure.
+    pub fn reason(&self) -> &'static str {
+        self.refusal().map_or("KafkaUnavailable", |r| r.reason())
+    }
+}
+
+/// The admin client's context: remembers the last time the cluster refused
+/// it, so a request that times out because of it says why.
+#[derive(Default)]
+pub struct AdminCtx {
+    refused: Mutex<Option<(String, Instant)>>,
+}
+
+impl ClientContext for AdminCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code().map(|c| c as i32);
+        match code.and_then(vigil_crds::kafka_access::AccessProblem::from_code) {
+            Some(kind) => {
+                tracing::warn!(error = %error, reason, "Kafka refuses the operator's client ({})", kind.hint());
+                *lock(&self.refused) = Some((reason.to_string(), Instant::now()));
+            }
+            None => tracing::debug!(error = %error, reason, "Kafka client error"),
+        }
+    }
+}
+
+/// For an authorization failure, the ACL the principal lacks.
+fn needs(e: RDKafkaErrorCode, operation: &str, topic: &str) -> String {
+    if e == RDKafkaErrorCode::TopicAuthorizationFailed {
+        format!(" (the principal lacks ACL {operation} on topic {topic})")
+    } else {
+        String::new()
+    }
+}
+
 /// An admin connection to one Kafka cluster.
 pub struct Kafka {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<AdminClient<AdminCtx>>,
     config: ClientConfig,
     /// Committed offsets of the cluster's Vigil groups, for lag queries.
     offsets: Option<Arc<OffsetsReader>>,
@@ -85,12 +127,24 @@ impl Kafka {
             }
         };
         Ok(Kafka {
-            admin: Arc::new(c.create()?),
+            admin: Arc::new(c.create_with_context(AdminCtx::default())?),
             config,
             offsets,
             metadata: Mutex::new(Metadata { fetched: None, changed: HashMap::new() }),
             fetching: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// `e`, with the cluster's refusal of this client when there was one
+    /// in the last minute (a refused client sees its requests time out).
+    pub fn explain(&self, e: KafkaError) -> KafkaError {
+        let refused = lock(&self.admin.inner().context().refused).clone();
+        match refused {
+            Some((why, at)) if at.elapsed() < Duration::from_secs(60) && e.refusal().is_none() => {
+                KafkaError(format!("{why} ({e})"))
+            }
+            _ => e,
+        }
     }
 
     fn options() -> AdminOptions {
@@ -104,7 +158,9 @@ impl Kafka {
             self.admin.describe_configs(&[ResourceSpecifier::Topic(name)], &Self::options()).await?;
         let mut config = BTreeMap::new();
         for r in results {
-            let r = r.map_err(|e| KafkaError(format!("describing topic {name}: {e}")))?;
+            let r = r.map_err(|e| {
+                KafkaError(format!("describing topic {name}: {e}{}", needs(e, "DescribeConfigs", name)))
+            })?;
             for e in r.entries {
                 if !e.is_default && matches!(e.source, rdkafka::admin::ConfigSource::DynamicTopic) {
                     if let Some(v) = e.value {
@@ -204,7 +260,12 @@ impl Kafka {
         for r in self.admin.create_topics(&[t], &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, e)) => return Err(KafkaError(format!("creating topic {name}: {e}"))),
+                Err((name, e)) => {
+                    return Err(KafkaError(format!(
+                        "creating topic {name}: {e}{}",
+                        needs(e, "Create", &name)
+                    )));
+                }
             }
         }
         self.changed(&[&spec.name]);
@@ -216,7 +277,12 @@ impl Kafka {
         self.changed(&[name]);
         let np = NewPartitions::new(name, partitions.max(1) as usize);
         for r in self.admin.create_partitions(&[np], &Self::options()).await? {
-            r.map_err(|(n, e)| KafkaError(format!("growing topic {n} to {partitions} partitions: {e}")))?;
+            r.map_err(|(n, e)| {
+                KafkaError(format!(
+                    "growing topic {n} to {partitions} partitions: {e}{}",
+                    needs(e, "Alter", &n)
+                ))
+            })?;
         }
         self.changed(&[name]);
         Ok(())
@@ -229,7 +295,9 @@ impl Kafka {
             alter = alter.set(k, v);
         }
         for r in self.admin.alter_configs(&[alter], &Self::options()).await? {
-            r.map_err(|(_, e)| KafkaError(format!("configuring topic {name}: {e}")))?;
+            r.map_err(|(_, e)| {
+                KafkaError(format!("configuring topic {name}: {e}{}", needs(e, "AlterConfigs", name)))
+            })?;
         }
         Ok(())
     }

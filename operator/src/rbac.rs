@@ -44,8 +44,9 @@ pub fn rules() -> Vec<PolicyRule> {
         // Runner pods are watched and read to say why runners are not
         // ready (crash loops, the runners' own /status).
         rule("", &["pods"], &["get", "list", "watch"]),
-        // spec.kafka.secretRef is read for the operator's own Kafka connection.
-        rule("", &["secrets"], &["get"]),
+        // spec.kafka.secretRef is read for the operator's own Kafka
+        // connection, and watched (metadata only) so a rotation is applied.
+        rule("", &["secrets"], &["get", "list", "watch"]),
         // Events on Pipelines.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
         // The admission webhook's caBundle is kept current.

@@ -264,8 +264,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                 obs.topics.push(st);
             }
             Err(e) => {
+                let e = kafka.explain(e);
                 ctx.kafka_failed(&bootstrap, &secret_props);
-                obs.topics_problem = Some(("KafkaUnavailable".into(), e.to_string()));
+                let message = match e.refusal() {
+                    Some(r) => format!("Kafka refuses the operator: {e}; {}", r.hint()),
+                    None => e.to_string(),
+                };
+                obs.topics_problem = Some((e.reason().into(), message));
                 obs.topics.clear();
                 write_status(ctx, &api, p, &obs).await?;
                 return Err(Error::KafkaUnavailable(e));
@@ -287,7 +292,12 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     // Children: built pure, applied with server-side apply.
     let settings = &ctx.settings.children;
     let config = children::runner_config(p, settings)?;
-    let hash = children::config_hash(&config);
+    // The runners read the Secret when they start: a changed Secret rolls
+    // them, as a changed config does.
+    let hash = match &p.spec.kafka.secret_ref {
+        Some(_) => children::config_hash(&format!("{config}\n{secret_props:?}")),
+        None => children::config_hash(&config),
+    };
     let (replicas, capped) = children::desired_replicas(p, input_partitions);
     obs.replicas = replicas;
     obs.capped = capped;
@@ -474,12 +484,15 @@ pub(crate) async fn read_secret(
     Ok(secret.map(|s| {
         let mut props = BTreeMap::new();
         for (k, v) in s.data.unwrap_or_default() {
-            // Certificate files are only meaningful mounted (the runner gets
-            // them as files); the operator connects with the plain settings.
-            if matches!(k.as_str(), "ca.crt" | "tls.crt" | "tls.key") {
-                continue;
-            }
-            props.insert(k, String::from_utf8_lossy(&v.0).trim().to_string());
+            // The runner gets certificates as files (`kafka_config`); the
+            // operator passes their contents as librdkafka's PEM settings.
+            let key = match k.as_str() {
+                "ca.crt" => "ssl.ca.pem".to_string(),
+                "tls.crt" => "ssl.certificate.pem".to_string(),
+                "tls.key" => "ssl.key.pem".to_string(),
+                _ => k,
+            };
+            props.insert(key, String::from_utf8_lossy(&v.0).trim().to_string());
         }
         props
     }))

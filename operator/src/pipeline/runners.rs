@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_crds::kafka_access::AccessProblem;
 
 /// Why runners are not ready: (reason, message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,17 @@ fn pod_problem(pod: &Pod, status: Option<&serde_json::Value>, now: Timestamp) ->
         if let Some(running) = c.state.as_ref().and_then(|s| s.running.as_ref()) {
             if let Some(state) = status.and_then(|s| s["state"].as_str()) {
                 let message = status.and_then(|s| s["message"].as_str()).unwrap_or("");
+                // Kafka refusing the runner (credentials, TLS, an ACL) is
+                // named at once: waiting does not cure it.
+                let refusal = status.and_then(|s| {
+                    serde_json::from_value::<AccessProblem>(s["kafkaRefusal"]["kind"].clone()).ok()
+                });
+                if let Some(kind) = refusal {
+                    return Some(Problem {
+                        reason: kind.reason().into(),
+                        message: format!("pod {name}: {}{restarts}", quote(message)),
+                    });
+                }
                 if state == "stalled" {
                     return Some(Problem {
                         reason: "RunnerStalled".into(),
@@ -300,7 +312,16 @@ mod tests {
         // A runner still joining its group within the grace period is no problem.
         statuses
             .insert("r-runner-1".to_string(), serde_json::json!({"state": "starting", "message": "joining"}));
-        assert_eq!(diagnose(&[p], None, &statuses, now()), None);
+        assert_eq!(diagnose(&[p.clone()], None, &statuses, now()), None);
+        // Kafka refusing it is named at once, grace period or not.
+        statuses.insert(
+            "r-runner-1".to_string(),
+            serde_json::json!({"state": "starting", "message": "Kafka refuses the runner: SASL authentication error",
+                "kafkaRefusal": {"kind": "authentication", "message": "SASL authentication error", "time": "2026-12-01T12:00:00Z"}}),
+        );
+        let got = diagnose(&[p], None, &statuses, now()).unwrap();
+        assert_eq!(got.reason, "KafkaAuthenticationFailed");
+        assert!(got.message.contains("SASL authentication error"), "{}", got.message);
     }
 
     #[test]

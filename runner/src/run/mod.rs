@@ -54,6 +54,7 @@ use dead_letter::{Letter, RECORD_OVERHEAD, STUB_LIMIT};
 use kafka_config::KafkaSettings;
 use offsets::{Token, Tracker};
 use status::{Halt, RecordRef, RunnerStatus};
+use vigil_crds::kafka_access::AccessProblem;
 
 /// How `vigil run` was started.
 #[derive(Debug, Clone)]
@@ -133,6 +134,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct ProducerCtx {
     reports: Mutex<Vec<Report>>,
     orphan: OrphanWatch,
+    /// Refusals by Kafka seen by any of the runner's clients.
+    access: status::AccessWatch,
 }
 
 struct Report {
@@ -152,6 +155,23 @@ struct Failure {
 impl ClientContext for ProducerCtx {
     fn stats(&self, stats: Statistics) {
         self.orphan.observe(&stats);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(&self.access, "producer", &error, reason);
+    }
+}
+
+/// A client-level error from librdkafka: logged, and kept for `/status`
+/// when it is Kafka refusing the runner (which retrying does not cure).
+fn client_error(access: &status::AccessWatch, client: &str, error: &KafkaError, reason: &str) {
+    let refusal = error.rdkafka_error_code().and_then(|c| AccessProblem::from_code(c as i32));
+    match refusal {
+        Some(kind) => {
+            error!(client, error = %error, reason, "Kafka refuses the runner ({})", kind.hint());
+            access.refused(kind, reason);
+        }
+        None => warn!(client, error = %error, reason, "Kafka client error"),
     }
 }
 
@@ -220,6 +240,10 @@ fn has_cluster_broker(stats: &Statistics) -> bool {
 }
 
 impl ClientContext for ConsumerCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(&self.shared.producer.context().access, "consumer", &error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         if self.retired.load(Ordering::Relaxed) {
             return;
@@ -396,6 +420,13 @@ impl Shared {
     ) -> Option<Halt> {
         let size_error = f.code.is_some_and(dead_letter::is_size_error);
         let to_dead_letter = f.topic == self.dead_letter;
+        if let Some(kind) = f.code.and_then(|c| AccessProblem::from_code(c as i32)) {
+            let what = match kind {
+                AccessProblem::Authorization => format!("not authorized to Write to topic {}", f.topic),
+                _ => format!("cannot produce to topic {}", f.topic),
+            };
+            self.producer.context().access.refused(kind, &format!("{what}: {}", f.error));
+        }
         let wire = f.payload.len() + f.key.as_ref().map_or(0, Vec::len) + headers_size(f.headers.as_ref());
         if size_error {
             // The topic takes less than the runner thought: remember it.
@@ -778,7 +809,27 @@ fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
         metrics: shared.metrics.clone(),
         live: Arc::new(move || now_secs().saturating_sub(s.heartbeat.load(Ordering::Relaxed)) < 60),
         ready: Arc::new(move || r.ready.load(Ordering::Relaxed) && !r.stop.load(Ordering::Relaxed)),
-        status: Arc::new(move || serde_json::to_value(&*lock(&t.status)).unwrap_or_default()),
+        status: Arc::new(move || {
+            let refusal = t.producer.context().access.recent(REFUSAL_SHOWN_FOR);
+            serde_json::to_value(lock(&t.status).clone().with_refusal(refusal)).unwrap_or_default()
+        }),
+    }
+}
+
+/// How long a refusal by Kafka stays the reason a runner that is not
+/// consuming gives (librdkafka retries, and reports again, within seconds).
+const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(120);
+
+/// A consumer refused an operation: which one, on what.
+fn consumer_refusal(e: &KafkaError, input: &str) -> String {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+            format!("not authorized to Read (and Describe) topic {input}: {e}")
+        }
+        Some(RDKafkaErrorCode::GroupAuthorizationFailed) => {
+            format!("not authorized to Read the consumer group: {e}")
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -953,7 +1004,13 @@ fn process_loop(
             }
             match msg {
                 Err(e) => {
-                    warn!(error = %e, "Consumer error");
+                    match e.rdkafka_error_code().and_then(|c| AccessProblem::from_code(c as i32)) {
+                        Some(kind) => {
+                            error!(error = %e, "Kafka refuses the consumer ({})", kind.hint());
+                            producer.context().access.refused_by_code(kind, &consumer_refusal(&e, &shared.input));
+                        }
+                        None => warn!(error = %e, "Consumer error"),
+                    }
                     break;
                 }
                 Ok(m) => {

@@ -75,6 +75,50 @@ pub struct LastError {
     pub time: String,
 }
 
+/// Kafka refusing the runner (credentials, TLS, ACLs): reported while it
+/// keeps the runner from consuming or producing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRefusal {
+    pub kind: vigil_crds::kafka_access::AccessProblem,
+    pub message: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+/// The last refusal a Kafka client of the runner saw, shared by its
+/// clients' callbacks.
+#[derive(Debug, Default)]
+pub struct AccessWatch(std::sync::Mutex<Option<(KafkaRefusal, std::time::Instant)>>);
+
+impl AccessWatch {
+    /// Kafka refused a client: `message` says how.
+    pub fn refused(&self, kind: vigil_crds::kafka_access::AccessProblem, message: &str) {
+        let r = KafkaRefusal {
+            kind,
+            message: message.to_string(),
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((r, std::time::Instant::now()));
+    }
+
+    /// Record a refusal known only by its error code, unless the client's
+    /// error callback told of the same kind of refusal, in more words,
+    /// within the last minute.
+    pub fn refused_by_code(&self, kind: vigil_crds::kafka_access::AccessProblem, message: &str) {
+        if self.recent(std::time::Duration::from_secs(60)).is_some_and(|r| r.kind == kind) {
+            return;
+        }
+        self.refused(kind, message);
+    }
+
+    /// The last refusal, if it happened within `within`.
+    pub fn recent(&self, within: std::time::Duration) -> Option<KafkaRefusal> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().filter(|(_, at)| at.elapsed() <= within).map(|(r, _)| r.clone())
+    }
+}
+
 /// The `/status` document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,6 +133,9 @@ pub struct RunnerStatus {
     /// The trained Model version this runner scores with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_version: Option<i64>,
+    /// Kafka refusing the runner, while it is not consuming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_refusal: Option<KafkaRefusal>,
 }
 
 impl Default for RunnerStatus {
@@ -99,6 +146,7 @@ impl Default for RunnerStatus {
             stalls: 0,
             last_error: None,
             model_version: None,
+            kafka_refusal: None,
         }
     }
 }
@@ -128,6 +176,19 @@ impl RunnerStatus {
         self.message = "rejoining the consumer group".into();
     }
 
+    /// What `/status` shows: while the runner is not consuming, a recent
+    /// refusal by Kafka is the reason, named in the message.
+    pub fn with_refusal(mut self, refusal: Option<KafkaRefusal>) -> RunnerStatus {
+        if self.state == State::Running {
+            return self;
+        }
+        if let Some(r) = refusal {
+            self.message = format!("Kafka refuses the runner: {} ({})", r.message, r.kind.hint());
+            self.kafka_refusal = Some(r);
+        }
+        self
+    }
+
     pub fn stopping(&mut self) {
         self.state = State::Stopping;
         self.message = "shutting down".into();
@@ -152,5 +213,23 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["state"], "running");
         assert_eq!(v["lastError"]["message"], "the dead-letter topic dlq cannot take records: denied");
+    }
+
+    #[test]
+    fn a_recent_refusal_is_the_reason_while_not_consuming() {
+        use vigil_crds::kafka_access::AccessProblem;
+        let watch = AccessWatch::default();
+        watch.refused(AccessProblem::Authentication, "SASL authentication error: invalid credentials");
+        let s = RunnerStatus::default().with_refusal(watch.recent(std::time::Duration::from_secs(60)));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["kafkaRefusal"]["kind"], "authentication");
+        assert!(v["message"].as_str().unwrap().contains("invalid credentials"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("sasl.password"), "says what to check: {v}");
+        let mut running = RunnerStatus::default();
+        running.running();
+        let v = serde_json::to_value(running.with_refusal(watch.recent(std::time::Duration::from_secs(60))))
+            .unwrap();
+        assert_eq!(v["message"], "consuming", "a consuming runner is not held back by an old refusal");
+        assert!(v.get("kafkaRefusal").is_none());
     }
 }
