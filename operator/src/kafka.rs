@@ -10,7 +10,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::ClientContext;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -57,26 +57,6 @@ impl KafkaError {
     }
 }
 
-/// The admin client's context: remembers the last time the cluster refused
-/// it, so a request that times out because of it says why.
-#[derive(Default)]
-pub struct AdminCtx {
-    refused: Mutex<Option<(String, Instant)>>,
-}
-
-impl ClientContext for AdminCtx {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code().map(|c| c as i32);
-        match code.and_then(vigil_crds::kafka_access::AccessProblem::from_code) {
-            Some(kind) => {
-                tracing::warn!(error = %error, reason, "Kafka refuses the operator's client ({})", kind.hint());
-                *lock(&self.refused) = Some((reason.to_string(), Instant::now()));
-            }
-            None => tracing::debug!(error = %error, reason, "Kafka client error"),
-        }
-    }
-}
-
 /// For an authorization failure, the ACL the principal lacks.
 fn needs(e: RDKafkaErrorCode, operation: &str, topic: &str) -> String {
     if e == RDKafkaErrorCode::TopicAuthorizationFailed {
@@ -88,7 +68,9 @@ fn needs(e: RDKafkaErrorCode, operation: &str, topic: &str) -> String {
 
 /// An admin connection to one Kafka cluster.
 pub struct Kafka {
-    admin: Arc<AdminClient<AdminCtx>>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// The cluster refusing this connection's credentials, as last heard.
+    refused: offsets::Refusals,
     config: ClientConfig,
     /// Committed offsets of the cluster's Vigil groups, for lag queries.
     offsets: Option<Arc<OffsetsReader>>,
@@ -119,7 +101,8 @@ impl Kafka {
     pub fn new(config: ClientConfig) -> Result<Self, KafkaError> {
         let mut c = config.clone();
         c.set("socket.timeout.ms", "8000");
-        let offsets = match OffsetsReader::start(&c, Pipeline::CONSUMER_GROUP_PREFIX) {
+        let refused = offsets::Refusals::default();
+        let offsets = match OffsetsReader::start(&c, Pipeline::CONSUMER_GROUP_PREFIX, refused.clone()) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 tracing::info!(error = %e, "Lag is asked of each group's coordinator");
@@ -127,7 +110,8 @@ impl Kafka {
             }
         };
         Ok(Kafka {
-            admin: Arc::new(c.create_with_context(AdminCtx::default())?),
+            admin: Arc::new(c.create()?),
+            refused,
             config,
             offsets,
             metadata: Mutex::new(Metadata { fetched: None, changed: HashMap::new() }),
@@ -138,7 +122,10 @@ impl Kafka {
     /// `e`, with the cluster's refusal of this client when there was one
     /// in the last minute (a refused client sees its requests time out).
     pub fn explain(&self, e: KafkaError) -> KafkaError {
-        let refused = lock(&self.admin.inner().context().refused).clone();
+        if let Some(r) = &self.offsets {
+            r.poll_events();
+        }
+        let refused = lock(&self.refused).clone();
         match refused {
             Some((why, at)) if at.elapsed() < Duration::from_secs(60) && e.refusal().is_none() => {
                 KafkaError(format!("{why} ({e})"))

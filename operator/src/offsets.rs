@@ -93,13 +93,32 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<OffsetRecord> {
 
 /// The reading consumer's context: librdkafka also reports each
 /// end-of-partition (which the reader asks for, to know it caught up) as a
-/// client error, which rdkafka's default context logs at error level.
-struct ReaderCtx;
+/// client error, which rdkafka's default context logs at error level. The
+/// reader is the cluster connection's one client whose error events are
+/// polled, so it is also the one that hears the cluster refuse the
+/// credentials (the admin client's requests only time out).
+struct ReaderCtx {
+    refused: Refusals,
+}
+
+/// The last time the cluster refused a connection's credentials or TLS
+/// (not an ACL: reading the offsets topic may be denied to a principal
+/// that may do everything a Pipeline needs), and how.
+pub type Refusals = Arc<Mutex<Option<(String, std::time::Instant)>>>;
 
 impl ClientContext for ReaderCtx {
     fn error(&self, error: RdError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(error = %error, "Reading {OFFSETS_TOPIC}: {reason}");
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::warn!(error = %error, "Reading {OFFSETS_TOPIC}: {reason}");
+        use vigil_crds::kafka_access::AccessProblem;
+        if matches!(
+            code.and_then(|c| AccessProblem::from_code(c as i32)),
+            Some(AccessProblem::Authentication | AccessProblem::Tls)
+        ) {
+            *lock(&self.refused) = Some((reason.to_string(), std::time::Instant::now()));
         }
     }
 }
@@ -121,7 +140,7 @@ pub struct OffsetsReader {
     /// Watermark queries only. Not the reading consumer: a broker serves one
     /// request per connection at a time, so a query sent behind that
     /// consumer's long-poll fetch would wait for it.
-    queries: BaseConsumer,
+    queries: BaseConsumer<ReaderCtx>,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
 }
@@ -129,7 +148,7 @@ pub struct OffsetsReader {
 impl OffsetsReader {
     /// Start reading `__consumer_offsets` from the beginning, keeping the
     /// offsets of groups whose name starts with `group_prefix`.
-    pub fn start(config: &ClientConfig, group_prefix: &str) -> Result<Self, KafkaError> {
+    pub fn start(config: &ClientConfig, group_prefix: &str, refused: Refusals) -> Result<Self, KafkaError> {
         let mut c = config.clone();
         // Partitions are assigned by hand and nothing is committed; librdkafka
         // assigns only in a consumer with a group, which never joins here.
@@ -146,8 +165,9 @@ impl OffsetsReader {
             .set("fetch.wait.max.ms", "2000")
             // Do not buffer much of a large offsets topic in memory.
             .set("queued.max.messages.kbytes", "4096");
-        let reading: BaseConsumer<ReaderCtx> = c.create_with_context(ReaderCtx)?;
-        let queries: BaseConsumer = c.create()?;
+        let reading: BaseConsumer<ReaderCtx> =
+            c.create_with_context(ReaderCtx { refused: refused.clone() })?;
+        let queries: BaseConsumer<ReaderCtx> = c.create_with_context(ReaderCtx { refused })?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, prefix) = (state.clone(), stop.clone(), group_prefix.to_string());
@@ -192,6 +212,12 @@ impl OffsetsReader {
         lag_of(&self.queries, topic, committed.iter().copied().zip(0..))
     }
 
+    /// Serve the client events (errors) waiting on the query consumer, so
+    /// a refusal of the credentials is recorded now.
+    pub fn poll_events(&self) {
+        while self.queries.poll(Duration::ZERO).is_some() {}
+    }
+
     /// Why the reader stopped, if it did.
     pub fn failed(&self) -> Option<String> {
         lock(&self.state).failed.clone()
@@ -206,7 +232,7 @@ impl Drop for OffsetsReader {
 
 /// Sum over partitions of high watermark minus committed offset (minus the
 /// low watermark where nothing is committed).
-pub fn lag_of<C: Consumer>(
+pub fn lag_of<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     topic: &str,
     committed: impl Iterator<Item = (Option<i64>, i32)>,

@@ -349,7 +349,8 @@ async fn real_kafka_the_offsets_reader_follows_commits_and_deletions() {
     commit(&group, &topic, &[(0, 7)]);
     commit(&other_group, &topic, &[(0, 9)]);
 
-    let reader = OffsetsReader::start(&kafka::config(), Pipeline::CONSUMER_GROUP_PREFIX).unwrap();
+    let reader =
+        OffsetsReader::start(&kafka::config(), Pipeline::CONSUMER_GROUP_PREFIX, Default::default()).unwrap();
     let first = eventually(Duration::from_secs(30), "the reader to catch up", || async {
         reader.committed(&group, &topic, 2)
     })

@@ -1007,7 +1007,10 @@ fn process_loop(
                     match e.rdkafka_error_code().and_then(|c| AccessProblem::from_code(c as i32)) {
                         Some(kind) => {
                             error!(error = %e, "Kafka refuses the consumer ({})", kind.hint());
-                            producer.context().access.refused_by_code(kind, &consumer_refusal(&e, &shared.input));
+                            producer
+                                .context()
+                                .access
+                                .refused_by_code(kind, &consumer_refusal(&e, &shared.input));
                         }
                         None => warn!(error = %e, "Consumer error"),
                     }
