@@ -20,6 +20,8 @@ pub struct Node {
     pub ip: String,
     /// The broker's listener for pods.
     pub kafka_bootstrap: String,
+    /// The broker's SASL_SSL listener for pods (see `kafka::secure`).
+    pub kafka_secure_bootstrap: String,
 }
 
 /// The node, started if needed (and the control plane and broker with it,
@@ -43,6 +45,8 @@ pub fn node() -> &'static Node {
         Node {
             ip: setting("VIGIL_NODE_IP").expect("VIGIL_NODE_IP"),
             kafka_bootstrap: setting("VIGIL_KAFKA_POD_BOOTSTRAP").expect("VIGIL_KAFKA_POD_BOOTSTRAP"),
+            kafka_secure_bootstrap: setting("VIGIL_KAFKA_POD_SECURE_BOOTSTRAP")
+                .expect("VIGIL_KAFKA_POD_SECURE_BOOTSTRAP (restart the node: e2e/down && e2e/up --node)"),
         }
     })
 }
