@@ -8,6 +8,9 @@
 #                  kube-controller-manager, wait for /readyz, write a kubeconfig
 #   k8s.sh stop    stop all three
 #   k8s.sh wipe    stop and delete the cluster's data
+#   k8s.sh stop-apiserver | stop-etcd
+#                  stop one component (chaos tests); `start` starts it again
+#                  with the same ports and data
 #
 # kube-controller-manager runs the garbage collector (owner references) and
 # the namespace controller (namespace deletion finishes). The Deployment
@@ -236,8 +239,10 @@ case "${1:-}" in
   build) build ;;
   start) start ;;
   stop) stop ;;
+  stop-apiserver) stop_pid "$DIR/apiserver.pid" kube-apiserver ;;
+  stop-etcd) stop_pid "$DIR/etcd.pid" etcd ;;
   wipe) stop; rm -rf "$DIR" ;;
   kubeconfig) echo "$DIR/kubeconfig" ;;
   client) shift; client "$@" ;;
-  *) echo "usage: $0 build|start|stop|wipe|kubeconfig|client NAME SUBJECT USER OUT" >&2; exit 2 ;;
+  *) echo "usage: $0 build|start|stop|stop-apiserver|stop-etcd|wipe|kubeconfig|client NAME SUBJECT USER OUT" >&2; exit 2 ;;
 esac

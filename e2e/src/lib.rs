@@ -133,6 +133,34 @@ pub fn restart_kafka(down: Duration) -> Result<()> {
     start_kafka()
 }
 
+fn k8s_script(arg: &str) -> Result<()> {
+    let script = repo_dir().join("e2e/lib/k8s.sh");
+    let out = Command::new(&script).arg(arg).output()?;
+    if !out.status.success() {
+        bail!("k8s.sh {arg} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Stop the API server for `down`, then start it again on the same port
+/// with the same data (control-plane chaos tests; run them in a test
+/// binary of their own, as every test of that binary sees the outage).
+pub fn restart_apiserver(down: Duration) -> Result<()> {
+    kubeconfig();
+    k8s_script("stop-apiserver")?;
+    std::thread::sleep(down);
+    k8s_script("start")
+}
+
+/// Stop etcd for `down` (the API server stays up and fails its requests),
+/// then start it again with the same data.
+pub fn restart_etcd(down: Duration) -> Result<()> {
+    kubeconfig();
+    k8s_script("stop-etcd")?;
+    std::thread::sleep(down);
+    k8s_script("start")
+}
+
 /// The kubeconfig of the real API server, started if needed.
 pub fn kubeconfig() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -46,6 +46,31 @@ pub struct Options {
     pub webhook: Option<crate::webhook::Options>,
 }
 
+/// How long one watch request lasts before it is made again (from the
+/// last resource version seen, so nothing is listed again). Shorter than
+/// kube's 290 s: a watch sent while etcd was down was seen to hang, events
+/// undelivered, until its timeout; the Pipelines created meanwhile waited
+/// that long for their first reconcile.
+const WATCH_TIMEOUT_S: u32 = 60;
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_S)
+}
+
+/// How a failed watch retries: 0.5 s doubling to 5 s, with jitter. kube's
+/// default (client-go's) goes to 30 s, doubled by jitter; after an API
+/// server or etcd outage, the Pipelines created during it waited that long
+/// once the API server could answer again. One operator's few watches
+/// retrying every 5 s is no load for an API server.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -89,7 +114,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         Reporter { controller: "vigil-operator".into(), instance: Some(opts.identity.clone()) },
     );
     let ctx = Arc::new(Context::new(client.clone(), opts.settings.clone(), metrics.clone(), recorder));
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=vigil-operator");
+    let owned = watch_config().labels("app.kubernetes.io/managed-by=vigil-operator");
     let ns = &opts.namespace;
     info!(namespace = ns.as_deref().unwrap_or("(all)"), identity = %opts.identity, "Starting the Pipeline controller");
     // Bounded concurrency keeps memory flat when hundreds of Pipelines
@@ -99,7 +124,10 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     // second, empty reconcile after every status update. Finalizer changes
     // must still pass, as the finalizer helper waits for them.
     let (reader, writer) = reflector::store();
-    let pipelines = reflector(writer, watcher(api::<Pipeline>(&client, ns), watcher::Config::default()))
+    // Backoff: while the API server is away, the watch retries without
+    // spinning (the Controller adds it to the watches it makes itself).
+    let pipelines = reflector(writer, watcher(api::<Pipeline>(&client, ns), watch_config()))
+        .backoff(watch_backoff())
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     // Re-checks of what no watch reports (Kafka) ask for reconciles here.
@@ -117,8 +145,8 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     // keeps no Secret contents in memory, and reads the one it needs.
     let secret_changes = {
         let pipelines = pipelines_store.clone();
-        watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watcher::Config::default())
-            .default_backoff()
+        watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watch_config())
+            .backoff(watch_backoff())
             .touched_objects()
             .filter_map(|s| async move { s.ok() })
             .flat_map(move |s| {
@@ -137,6 +165,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     };
     let controller = Controller::for_stream(pipelines, reader)
         .with_config(config)
+        .trigger_backoff(watch_backoff())
         .reconcile_on(futures::stream::select(recheck_rx, secret_changes))
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -146,7 +175,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         // Runner pods are owned by ReplicaSets: mapped to their Pipeline by
         // label, so a crash loop or a readiness change is reported at once.
         // A Model's serving version changes its Pipelines' ModelReady.
-        .watches(api::<Model>(&client, ns), watcher::Config::default(), {
+        .watches(api::<Model>(&client, ns), watch_config(), {
             let pipelines = pipelines_store.clone();
             move |m: Model| {
                 let (name, namespace) = (m.metadata.name.clone(), m.metadata.namespace.clone());
@@ -162,7 +191,7 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
                     .collect::<Vec<_>>()
             }
         })
-        .watches(api::<Pod>(&client, ns), watcher::Config::default().labels(RUNNER_PODS), |pod: Pod| {
+        .watches(api::<Pod>(&client, ns), watch_config().labels(RUNNER_PODS), |pod: Pod| {
             let name = pod.metadata.labels.as_ref()?.get("vigil.dev/pipeline")?.clone();
             let namespace = pod.metadata.namespace.clone()?;
             Some(kube::runtime::reflector::ObjectRef::<Pipeline>::new(&name).within(&namespace))
@@ -177,12 +206,10 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         });
 
     // Models: a controller of their own, on the same context.
-    let models = Controller::new(api::<Model>(&client, ns), watcher::Config::default())
+    let models = Controller::new(api::<Model>(&client, ns), watch_config())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
-        .owns(
-            api::<Job>(&client, ns),
-            watcher::Config::default().labels("app.kubernetes.io/component=training"),
-        )
+        .trigger_backoff(watch_backoff())
+        .owns(api::<Job>(&client, ns), watch_config().labels("app.kubernetes.io/component=training"))
         .shutdown_on_signal()
         .run(crate::model::reconcile, crate::model::error_policy, ctx.clone())
         .for_each(|res| async move {

@@ -1,6 +1,7 @@
 //! The Vigil operator: reconciles `Pipeline` resources into Kafka topics and
 //! Kubernetes workloads, and reports status you can trust.
 
+pub mod chaos;
 pub mod context;
 pub mod controller;
 pub mod crdgen;

@@ -14,15 +14,6 @@ use support::*;
 use vigil_crds::Pipeline;
 use vigil_e2e::{TestNamespace, install_crds, kafka, kube_client, kubectl, unique_name};
 
-async fn metrics_text(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body
-}
-
 /// A client that authenticates as `namespace/sa` with a bound token.
 async fn client_as(namespace: &str, sa: &str) -> Client {
     let out = kubectl(&["create", "token", sa, "-n", namespace, "--duration", "1h"]);

@@ -281,6 +281,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         let message = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
         obs.topics_problem = Some((reason.clone(), message));
     }
+    crate::chaos::point("after-topics");
 
     // No runner can start before its model version exists (it would wait
     // in the registry); the Model's watch reconciles again when it does.

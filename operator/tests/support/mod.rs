@@ -29,8 +29,11 @@ impl Operator {
     }
 
     pub fn start_with(client: Client, namespace: &str, lease: Option<(String, String)>) -> Operator {
-        let _ =
-            tracing_subscriber::fmt().with_test_writer().with_env_filter("vigil_operator=info").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            // VIGIL_TEST_LOG, e.g. "vigil_operator=debug,kube_runtime=debug", to see more.
+            .with_env_filter(std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "vigil_operator=info".into()))
+            .try_init();
         let port = free_port();
         let opts = vigil_operator::controller::Options {
             settings: Settings {
@@ -273,4 +276,14 @@ pub async fn set_pod_status(client: &Client, ns: &str, pod: &str, status: serde_
     pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status})))
         .await
         .expect("pod status");
+}
+
+/// The operator's `/metrics` on `port` (empty when it does not answer).
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body
 }
