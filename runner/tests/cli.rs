@@ -317,3 +317,47 @@ fn eval_scores_a_labelled_corpus_in_the_nab_layout() {
         .expect("a standard score");
     assert!(standard > 90.0, "a lone spike is found early: {stdout}");
 }
+
+/// Unmounts a test volume whatever happens.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn training_onto_a_full_model_volume_fails_saying_so_and_leaves_no_partial_file() {
+    // A 256 KiB volume, nearly filled: the artifact cannot be written whole.
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("models");
+    std::fs::create_dir(&vol).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", vol.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs (tests run as root)");
+    let _mounted = Mounted(vol.clone());
+    std::fs::write(vol.join("filler"), vec![0u8; 250 * 1024]).unwrap();
+    let termination = dir.path().join("termination-log");
+    std::fs::write(&termination, "").unwrap();
+
+    let r = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .current_dir(repo())
+        .args(["train", "examples/models/sensor-isolation-forest.yaml"])
+        .args(["--input", "examples/data/sensors-known-good.jsonl", "--output", vol.to_str().unwrap()])
+        .env("VIGIL_TERMINATION_LOG", &termination)
+        .output()
+        .unwrap();
+    let err = text(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(err.contains("sensor-isolation-forest-v1.vmodel"), "names the artifact: {err}");
+    assert!(err.contains("the model volume is full"), "{err}");
+    assert!(err.contains("spec.storage.size"), "says what to do: {err}");
+    let left: Vec<_> = std::fs::read_dir(&vol).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("filler")], "no partial artifact is left behind");
+    // The pod's termination message, which the operator reports on the
+    // Model (Trained=False, TrainingFailed), says the same.
+    let message = std::fs::read_to_string(&termination).unwrap();
+    assert!(message.contains("the model volume is full"), "{message}");
+}

@@ -285,12 +285,30 @@ impl Artifact {
     /// file (versions are immutable). Returns the path.
     pub fn write(&self, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         use std::io::Write;
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(self.file_name());
         let tmp = dir.join(format!(".{}.tmp", self.file_name()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&self.to_bytes())?;
-        f.sync_all()?;
+        let bytes = self.to_bytes();
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A partial file would hold space the next attempt needs.
+            let _ = std::fs::remove_file(&tmp);
+            let full = e.kind() == std::io::ErrorKind::StorageFull;
+            anyhow::bail!(
+                "cannot write the model artifact {} ({} bytes): {e}{}",
+                path.display(),
+                bytes.len(),
+                if full {
+                    "; the model volume is full: raise the Model's spec.storage.size (every trained \
+                     version's artifact stays on it)"
+                } else {
+                    ""
+                }
+            );
+        }
         // A hard link fails if the version exists: immutable.
         std::fs::hard_link(&tmp, &path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
