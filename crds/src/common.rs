@@ -24,7 +24,10 @@ pub struct KafkaConnection {
     /// A Secret in the Pipeline's namespace holding client settings for
     /// SASL/TLS. Recognised keys: `security.protocol`, `sasl.mechanism`,
     /// `sasl.username`, `sasl.password`, `ca.crt`, `tls.crt`, `tls.key`; any
-    /// other key is passed to the Kafka client as a librdkafka property.
+    /// other key is passed to the Kafka client as a librdkafka property. A
+    /// change to the Secret is applied without a restart: the operator
+    /// watches it, uses it from its next reconcile, and rolls the runners
+    /// onto it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
 }

@@ -120,17 +120,23 @@ impl Kafka {
     }
 
     /// `e`, with the cluster's refusal of this client when there was one
-    /// in the last minute (a refused client sees its requests time out).
-    pub fn explain(&self, e: KafkaError) -> KafkaError {
-        if let Some(r) = &self.offsets {
-            r.poll_events();
+    /// in the last minute (a refused client sees its requests time out or
+    /// fail as transport failures). A refusal not heard yet is waited for
+    /// up to a second: the error may come a few milliseconds after the
+    /// request failed.
+    pub async fn explain(&self, e: KafkaError) -> KafkaError {
+        if e.refusal().is_some() {
+            return e;
         }
-        let refused = lock(&self.refused).clone();
-        match refused {
-            Some((why, at)) if at.elapsed() < Duration::from_secs(60) && e.refusal().is_none() => {
-                KafkaError(format!("{why} ({e})"))
+        let heard = || lock(&self.refused).clone().filter(|(_, at)| at.elapsed() < Duration::from_secs(60));
+        if heard().is_none() {
+            if let Some(r) = self.offsets.clone() {
+                let _ = tokio::task::spawn_blocking(move || r.poll_events(Duration::from_secs(1))).await;
             }
-            _ => e,
+        }
+        match heard() {
+            Some((why, _)) => KafkaError(format!("{why} ({e})")),
+            None => e,
         }
     }
 

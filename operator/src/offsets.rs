@@ -167,7 +167,11 @@ impl OffsetsReader {
             .set("queued.max.messages.kbytes", "4096");
         let reading: BaseConsumer<ReaderCtx> =
             c.create_with_context(ReaderCtx { refused: refused.clone() })?;
-        let queries: BaseConsumer<ReaderCtx> = c.create_with_context(ReaderCtx { refused })?;
+        // Connected at once (librdkafka connects only when a request needs
+        // it by default), so a refusal of the credentials or of TLS is
+        // heard even while no lag is asked.
+        let queries: BaseConsumer<ReaderCtx> =
+            c.clone().set("enable.sparse.connections", "false").create_with_context(ReaderCtx { refused })?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, prefix) = (state.clone(), stop.clone(), group_prefix.to_string());
@@ -212,10 +216,12 @@ impl OffsetsReader {
         lag_of(&self.queries, topic, committed.iter().copied().zip(0..))
     }
 
-    /// Serve the client events (errors) waiting on the query consumer, so
-    /// a refusal of the credentials is recorded now.
-    pub fn poll_events(&self) {
-        while self.queries.poll(Duration::ZERO).is_some() {}
+    /// Serve the client events (errors) of the query consumer, so a
+    /// refusal of the credentials is recorded now; waits up to `wait` for
+    /// the first.
+    pub fn poll_events(&self, wait: Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        while self.queries.poll(deadline.saturating_duration_since(std::time::Instant::now())).is_some() {}
     }
 
     /// Why the reader stopped, if it did.

@@ -118,6 +118,28 @@ async fn real_k8s_kafka_refusals_are_named_and_a_rotated_secret_is_applied_witho
     assert_eq!(status, "False");
     assert!(message.contains(&format!("lacks ACL Create on topic {other}-")), "{message}");
 
+    // A certificate the client does not trust (the Secret's ca.crt is
+    // another CA: the harness's Kubernetes CA).
+    let other_ca =
+        std::fs::read_to_string(vigil_e2e::kubeconfig().parent().unwrap().join("pki/ca.crt")).unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("kafka-wrong-ca", scram_secret(&user, "second", &other_ca)))
+        .await
+        .unwrap();
+    let tls = unique_name("op-tls");
+    let wrong_ca = format!(
+        "  kafka: {{bootstrapServers: \"{}\", secretRef: {{name: kafka-wrong-ca}}}}\n",
+        sec.bootstrap
+    );
+    create(&api, &pipeline_yaml("tls", &tls, &wrong_ca)).await;
+    let p = eventually(Duration::from_secs(60), "TopicsReady reason KafkaTLSFailed", || async {
+        let p = api.get("tls").await.ok()?;
+        condition(&p, "TopicsReady").is_some_and(|c| c.1 == "KafkaTLSFailed").then_some(p)
+    })
+    .await;
+    let (_, _, message) = condition(&p, "TopicsReady").unwrap();
+    assert!(message.contains("ca.crt"), "says what to check: {message}");
+
     let _ = security_admin(&["revoke", &user]);
     let _ = kafka::delete_topics(&[&format!("{t}-in"), &format!("{t}-out"), &format!("{t}-dlq")]).await;
     ns.cleanup().await.unwrap();

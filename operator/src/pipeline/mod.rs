@@ -264,7 +264,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
                 obs.topics.push(st);
             }
             Err(e) => {
-                let e = kafka.explain(e);
+                let e = kafka.explain(e).await;
                 ctx.kafka_failed(&bootstrap, &secret_props);
                 let message = match e.refusal() {
                     Some(r) => format!("Kafka refuses the operator: {e}; {}", r.hint()),
