@@ -198,3 +198,20 @@ pub fn diagnostics(namespace: &str) -> String {
     ]
     .join("\n")
 }
+
+/// Poll `check` until it gives a value; after `timeout`, fail with `what`
+/// and the diagnostics of namespace `ns`.
+pub async fn wait_for<T, F, Fut>(what: &str, ns: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", diagnostics(ns));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

@@ -12,23 +12,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use vigil_crds::Pipeline;
 use vigil_e2e::kafka::{scram_secret, secure, security_admin};
-use vigil_e2e::node::{diagnostics, install_vigil, node};
+use vigil_e2e::node::{install_vigil, node, wait_for};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
-
-async fn wait_for<T, F, Fut>(what: &str, ns: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", diagnostics(ns));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// The ids in `topic`, read until all of `0..want` are there or 2 minutes pass.
 fn ids_in(topic: &str, want: u64) -> HashSet<u64> {

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use vigil_crds::Pipeline;
-use vigil_e2e::node::{VIGIL_NAMESPACE, diagnostics, install_vigil};
+use vigil_e2e::node::{VIGIL_NAMESPACE, diagnostics, install_vigil, wait_for};
 use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
 
 fn pipeline(name: &str, topics: &str, replicas: i32, threshold: f64) -> String {
@@ -41,21 +41,6 @@ fn apply(ns: &str, yaml: &str) {
     std::fs::write(&file, yaml).unwrap();
     let out = kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-async fn wait_for<T, F, Fut>(what: &str, ns: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", diagnostics(ns));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn ready(api: &Api<Pipeline>, name: &str) -> Option<Pipeline> {
