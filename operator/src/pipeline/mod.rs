@@ -39,6 +39,9 @@ use crate::kafka::KafkaError;
 use children::BuildError;
 use status::Observation;
 
+/// The longest wait before retrying a reconcile the API server failed.
+pub const API_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// The finalizer Vigil puts on Pipelines.
 pub const FINALIZER: &str = "vigil.dev/topics";
 /// Server-side apply field manager.
@@ -103,6 +106,30 @@ impl Error {
         }
     }
 
+    /// Whether the API server itself could not be reached or answered
+    /// with a server error (it restarts, etcd is away): worth retrying
+    /// soon, whatever the failures so far.
+    pub fn is_api_unavailable(&self) -> bool {
+        let unavailable = |e: &kube::Error| match e {
+            kube::Error::Api(s) => s.code >= 500,
+            kube::Error::Service(_) | kube::Error::HyperError(_) => true,
+            _ => false,
+        };
+        match self {
+            Error::ReadSecret { source, .. }
+            | Error::ApplyChild { source, .. }
+            | Error::PatchStatus(source) => unavailable(source),
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_api_unavailable(),
+                kube::runtime::finalizer::Error::AddFinalizer(e)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(e) => unavailable(e),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether retrying without a spec change can help.
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -163,7 +190,13 @@ pub fn error_policy(p: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -> Actio
     if error.is_permanent() {
         return Action::await_change();
     }
-    Action::requeue(ctx.backoff(&key(&p)))
+    let backoff = ctx.backoff(&key(&p));
+    if error.is_api_unavailable() {
+        // The usual backoff grows to minutes over an outage of the API
+        // server; once it is back, every Pipeline would wait that long.
+        return Action::requeue(backoff.min(API_RETRY_MAX));
+    }
+    Action::requeue(backoff)
 }
 
 async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
