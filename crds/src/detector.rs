@@ -16,8 +16,18 @@ pub enum Algorithm {
     /// Seasonal detector: compares each value with the same phase of earlier
     /// seasons (`params.period` records per season). One feature.
     Seasonal,
-    /// Streaming half-space trees over all features (multivariate).
+    /// Streaming half-space trees over all features (multivariate). Kept
+    /// for existing pipelines; `sensorZ` finds sensor faults far better.
     HalfSpaceTrees,
+    /// Multivariate detector for sensor channels, the recommended one for
+    /// two or more features: each channel is predicted from the others by a
+    /// streaming regression (so a cycle the channels share is normal) and
+    /// its residual is scored in robust units; a channel repeating one value
+    /// is a flatline. The explanation names the channels at fault. Any
+    /// number of features.
+    SensorZ,
+    /// Picks per feature count: `robustZ` for one feature, `sensorZ` for more.
+    Auto,
 }
 
 impl Algorithm {
@@ -27,6 +37,17 @@ impl Algorithm {
             Algorithm::RobustZ => "robustZ",
             Algorithm::Seasonal => "seasonal",
             Algorithm::HalfSpaceTrees => "halfSpaceTrees",
+            Algorithm::SensorZ => "sensorZ",
+            Algorithm::Auto => "auto",
+        }
+    }
+
+    /// The algorithm that runs: `auto` resolved for `features` features.
+    pub fn resolve(self, features: usize) -> Algorithm {
+        match self {
+            Algorithm::Auto if features <= 1 => Algorithm::RobustZ,
+            Algorithm::Auto => Algorithm::SensorZ,
+            a => a,
         }
     }
 }
@@ -54,7 +75,8 @@ pub struct DetectorParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 100000))]
     pub window: Option<i32>,
-    /// Records per key before scores are emitted above zero (all).
+    /// Records per key before scores are emitted above zero (all; sensorZ
+    /// default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub warmup: Option<i32>,
@@ -85,7 +107,7 @@ pub struct DetectorParams {
     validation = Rule::new("!has(self.params) || !has(self.params.period) || (has(self.algorithm) && self.algorithm == 'seasonal')").message("spec.detector.params.period applies only to algorithm seasonal"),
     validation = Rule::new("!has(self.params) || (!has(self.params.trees) && !has(self.params.depth)) || (has(self.algorithm) && self.algorithm == 'halfSpaceTrees')").message("spec.detector.params.trees and depth apply only to algorithm halfSpaceTrees"),
     validation = Rule::new("!has(self.algorithm) || size(self.features) > 0").message("spec.detector.features must name at least one field for an online algorithm"),
-    validation = Rule::new("!has(self.algorithm) || self.algorithm == 'halfSpaceTrees' || size(self.features) <= 1").message("spec.detector.features must name exactly one field for a univariate algorithm (robustZ, seasonal)")
+    validation = Rule::new("!has(self.algorithm) || self.algorithm in ['halfSpaceTrees', 'sensorZ', 'auto'] || size(self.features) <= 1").message("spec.detector.features must name exactly one field for a univariate algorithm (robustZ, seasonal)")
 )]
 pub struct DetectorSpec {
     /// Online algorithm. Set this or `modelRef`.

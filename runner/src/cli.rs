@@ -186,13 +186,25 @@ pub enum Command {
     /// with timestamp,value; labels/combined_windows.json): NAB standard,
     /// low-FP and low-FN scores at the tuned threshold and at the pipeline's.
     Eval {
-        /// The corpus directory (e.g. ../shared/datasets/nab).
-        #[arg(long)]
-        corpus: PathBuf,
-        /// A Pipeline whose detector reads the `value` column; by default
-        /// robustZ with its default parameters.
+        /// The corpus directory: the NAB layout (e.g. ../shared/datasets/nab)
+        /// or Vigil's multivariate benchmark (written by --generate); the
+        /// layout is detected.
+        #[arg(long, required_unless_present = "generate")]
+        corpus: Option<PathBuf>,
+        /// A Pipeline whose detector is evaluated: on NAB it reads the
+        /// `value` column (default robustZ); on the multivariate benchmark
+        /// its detector runs on each stream's channels (default auto).
         #[arg(long)]
         pipeline: Option<PathBuf>,
+        /// Write the multivariate benchmark into this directory instead.
+        #[arg(long, conflicts_with = "corpus")]
+        generate: Option<PathBuf>,
+        /// Seed of the generated benchmark.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Generate the unit-sized benchmark (what the tests use).
+        #[arg(long, requires = "generate")]
+        small: bool,
     },
     /// Run a pipeline against Kafka (what each runner pod does).
     Run {
@@ -290,16 +302,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { corpus, pipeline } => {
+        Command::Eval { corpus, pipeline, generate, seed, small } => {
+            use crate::eval::multivariate;
+            if let Some(dir) = generate {
+                let size = if small { multivariate::Size::Small } else { multivariate::Size::Full };
+                let streams = multivariate::generate(seed, size);
+                multivariate::write(&dir, seed, &streams)?;
+                for s in &streams {
+                    eprintln!(
+                        "{}: {} keys, {} records, {} faults",
+                        s.name,
+                        s.series.len(),
+                        s.series.values().map(Vec::len).sum::<usize>(),
+                        s.faults.len()
+                    );
+                }
+                eprintln!("Wrote the multivariate benchmark (seed {seed}) to {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let corpus = corpus.context("--corpus is required")?;
+            let multivariate = corpus.join(multivariate::MARKER).is_file();
             let text = match &pipeline {
                 Some(p) => {
                     std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
                 }
+                None if multivariate => multivariate::DEFAULT_PIPELINE.to_string(),
                 None => crate::eval::DEFAULT_PIPELINE.to_string(),
             };
             let pipeline = vigil_crds::manifest::single_pipeline(&text)?;
-            let report = crate::eval::run(&pipeline, &corpus)?;
-            print!("{report}");
+            if multivariate {
+                print!("{}", multivariate::run(&pipeline, &corpus)?);
+            } else {
+                print!("{}", crate::eval::run(&pipeline, &corpus)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train {

@@ -318,6 +318,44 @@ fn eval_scores_a_labelled_corpus_in_the_nab_layout() {
     assert!(standard > 90.0, "a lone spike is found early: {stdout}");
 }
 
+#[test]
+fn eval_generates_the_multivariate_benchmark_and_detects_its_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("mv");
+    let out = vigil(&["eval", "--generate", corpus.to_str().unwrap(), "--small", "--seed", "5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("plant: 7 keys"), "{}", text(&out.stderr));
+    assert!(corpus.join("data/plant.jsonl").is_file() && corpus.join("data/hvac.jsonl").is_file());
+
+    // The default detector (auto, which picks sensorZ for four channels).
+    let out = vigil(&["eval", "--corpus", corpus.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("36 faults scored with auto (sensorZ)"), "{stdout}");
+    let f1 = |profile: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(profile)).unwrap_or_else(|| panic!("{stdout}"));
+        line.split_whitespace().rev().nth(4).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!(f1("default threshold") >= 0.8, "{stdout}");
+    for kind in ["Spike", "LevelShift", "VarianceBurst", "BrokenCorrelation", "Drift", "Stuck"] {
+        assert!(stdout.contains(&format!("  {kind}")), "per-kind line for {kind}: {stdout}");
+    }
+
+    // The detector the sensor example used before: far behind.
+    let hst = dir.path().join("hst.yaml");
+    std::fs::write(&hst, multivariate_pipeline("halfSpaceTrees")).unwrap();
+    let out = vigil(&["eval", "--corpus", corpus.to_str().unwrap(), "--pipeline", hst.to_str().unwrap()]);
+    let stdout_hst = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout_hst.contains("scored with halfSpaceTrees"), "{stdout_hst}");
+}
+
+fn multivariate_pipeline(algorithm: &str) -> String {
+    format!(
+        "apiVersion: vigil.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: mv}}\nspec:\n  input: {{topic: {{name: mv}}}}\n  detector: {{algorithm: {algorithm}, features: [a, b]}}\n  output: {{name: mv-out}}\n  deadLetter: {{name: mv-dlq}}\n"
+    )
+}
+
 /// Unmounts a test volume whatever happens.
 struct Mounted(PathBuf);
 impl Drop for Mounted {

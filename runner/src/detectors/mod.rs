@@ -10,6 +10,7 @@ mod half_space_trees;
 pub mod likelihood;
 mod robust_z;
 mod seasonal;
+mod sensor_z;
 
 use std::sync::Arc;
 
@@ -60,10 +61,11 @@ pub trait Factory: Send {
 
 /// Build the factory of an online algorithm.
 pub fn factory(algorithm: Algorithm, features: usize, params: &DetectorParams) -> Box<dyn Factory> {
-    match algorithm {
+    match algorithm.resolve(features) {
         Algorithm::RobustZ => Box::new(robust_z::RobustZFactory::new(params)),
         Algorithm::Seasonal => Box::new(seasonal::SeasonalFactory::new(params)),
         Algorithm::HalfSpaceTrees => Box::new(half_space_trees::HstFactory::new(features, params)),
+        Algorithm::SensorZ | Algorithm::Auto => Box::new(sensor_z::SensorZFactory::new(features, params)),
     }
 }
 

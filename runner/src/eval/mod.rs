@@ -3,6 +3,7 @@
 //! `labels/combined_windows.json`) and report NAB scores at the tuned and
 //! at the pipeline's own threshold.
 
+pub mod multivariate;
 pub mod nab;
 
 use std::collections::BTreeMap;
