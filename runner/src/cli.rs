@@ -205,6 +205,13 @@ pub enum Command {
         /// Generate the unit-sized benchmark (what the tests use).
         #[arg(long, requires = "generate")]
         small: bool,
+        /// Score a peer's scores instead of running a pipeline (multivariate
+        /// benchmark only): JSON `{stream: {key: [score or null, ...]}}`.
+        #[arg(long, conflicts_with = "pipeline")]
+        scores: Option<PathBuf>,
+        /// The threshold the peer's scores are reported at besides tuned.
+        #[arg(long, default_value_t = 0.5, requires = "scores")]
+        threshold: f64,
     },
     /// Run a pipeline against Kafka (what each runner pod does).
     Run {
@@ -302,7 +309,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { corpus, pipeline, generate, seed, small } => {
+        Command::Eval { corpus, pipeline, generate, seed, small, scores, threshold } => {
             use crate::eval::multivariate;
             if let Some(dir) = generate {
                 let size = if small { multivariate::Size::Small } else { multivariate::Size::Full };
@@ -322,6 +329,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let corpus = corpus.context("--corpus is required")?;
             let multivariate = corpus.join(multivariate::MARKER).is_file();
+            if let Some(file) = scores {
+                if !multivariate {
+                    anyhow::bail!("--scores applies to the multivariate benchmark only");
+                }
+                print!("{}", multivariate::run_scores(&corpus, &file, threshold)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let text = match &pipeline {
                 Some(p) => {
                     std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?

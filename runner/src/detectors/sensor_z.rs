@@ -83,9 +83,10 @@ impl Factory for SensorZFactory {
     }
     fn bytes_per_key(&self) -> usize {
         let d = self.dims;
-        // Per channel: a regression of d inputs (weights and a d x d
-        // matrix), norms, scale and flatline counters.
-        std::mem::size_of::<SensorZ>() + d * ((d + d * d) * 8 + 96)
+        let n = 2 * d - 1;
+        // Per channel: a regression of n inputs (weights and an n x n
+        // matrix) and its state; per key, scratch of 8 values per channel.
+        std::mem::size_of::<SensorZ>() + d * ((n + n * n) * 8 + std::mem::size_of::<Channel>()) + d * 8 * 8
     }
 }
 

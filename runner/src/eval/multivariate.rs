@@ -20,8 +20,9 @@
 //! Scoring is event-wise: a fault counts as found when any record of its
 //! key is flagged between its start and [`GRACE`] records after its end;
 //! flagged records outside every window count as false events, one per run
-//! (flags of a key closer than [`MERGE`] records are one run). Precision,
-//! recall and F1 over events, per fault kind too.
+//! (flags of a key closer than [`MERGE`] records are one run) and per
+//! [`MERGE`] records a run lasts (so flagging everything is not a handful
+//! of events). Precision, recall and F1 over events, per fault kind too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -515,18 +516,23 @@ pub fn outcome(streams: &[Stream], scores: &Scores, threshold: f64) -> Outcome {
                 e.0 += 1;
                 e.1 += usize::from(hit);
             }
-            let mut last: Option<usize> = None;
+            // Runs of false flags (gaps under MERGE records), each worth one
+            // event per MERGE records it lasts: flagging everything is not
+            // a handful of events.
+            let mut runs: Vec<(usize, usize)> = Vec::new();
             for &i in &flags {
                 if faults.iter().any(|f| i >= f.start && i <= f.end + GRACE) {
                     continue;
                 }
-                if last.is_none_or(|l| i > l + MERGE) {
-                    total.false_events += 1;
-                    if key.ends_with("-noise") {
-                        noise_false_events += 1;
-                    }
+                match runs.last_mut() {
+                    Some((_, end)) if i <= *end + MERGE => *end = i,
+                    _ => runs.push((i, i)),
                 }
-                last = Some(i);
+            }
+            let events: usize = runs.iter().map(|(a, b)| (b - a + 1).div_ceil(MERGE)).sum();
+            total.false_events += events;
+            if key.ends_with("-noise") {
+                noise_false_events += events;
             }
         }
     }
@@ -613,6 +619,41 @@ pub fn score(pipeline: &vigil_crds::Pipeline, streams: &[Stream]) -> Result<(Sco
         }
     }
     Ok((scores, threshold, rejected))
+}
+
+/// Evaluate scores made elsewhere (a peer: a JSON file `{stream: {key:
+/// [score or null, ...]}}`, one score per record of the key in order) on
+/// the benchmark at `root`, at `threshold` and tuned.
+pub fn run_scores(root: &Path, file: &Path, threshold: f64) -> Result<Report> {
+    let streams = read(root)?;
+    let scores: Scores = serde_json::from_str(
+        &std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+    )
+    .with_context(|| format!("{} is not a map of stream to key to scores", file.display()))?;
+    for s in &streams {
+        for (key, rows) in &s.series {
+            let got = scores.get(&s.name).and_then(|k| k.get(key)).map_or(0, Vec::len);
+            if got != rows.len() {
+                bail!(
+                    "{}: {} scores for {}/{key}, which has {} records",
+                    file.display(),
+                    got,
+                    s.name,
+                    rows.len()
+                );
+            }
+        }
+    }
+    Ok(Report {
+        streams: streams.len(),
+        rows: streams.iter().map(|s| s.series.values().map(Vec::len).sum::<usize>()).sum(),
+        faults: streams.iter().map(|s| s.faults.len()).sum(),
+        algorithm: format!("the scores in {}", file.display()),
+        tuned: tune(&streams, &scores),
+        at_default: outcome(&streams, &scores, threshold),
+        rejected: 0,
+        seconds: 0.0,
+    })
 }
 
 /// Evaluate `pipeline` on the benchmark at `root`.
