@@ -420,13 +420,7 @@ impl Shared {
     ) -> Option<Halt> {
         let size_error = f.code.is_some_and(dead_letter::is_size_error);
         let to_dead_letter = f.topic == self.dead_letter;
-        if let Some(kind) = f.code.and_then(|c| AccessProblem::from_code(c as i32)) {
-            let what = match kind {
-                AccessProblem::Authorization => format!("not authorized to Write to topic {}", f.topic),
-                _ => format!("cannot produce to topic {}", f.topic),
-            };
-            self.producer.context().access.refused(kind, &format!("{what}: {}", f.error));
-        }
+        note_refusal(self, &f.topic, f.code, &f.error);
         let wire = f.payload.len() + f.key.as_ref().map_or(0, Vec::len) + headers_size(f.headers.as_ref());
         if size_error {
             // The topic takes less than the runner thought: remember it.
@@ -816,6 +810,18 @@ fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
     }
 }
 
+/// A produce to `topic` failed with `code`: if that is Kafka refusing the
+/// runner, `/status` says so, naming the operation and the topic.
+fn note_refusal(shared: &Shared, topic: &str, code: Option<RDKafkaErrorCode>, error: &str) {
+    if let Some(kind) = code.and_then(|c| AccessProblem::from_code(c as i32)) {
+        let what = match kind {
+            AccessProblem::Authorization => format!("not authorized to Write to topic {topic}"),
+            _ => format!("cannot produce to topic {topic}"),
+        };
+        shared.producer.context().access.refused(kind, &format!("{what}: {error}"));
+    }
+}
+
 /// How long a refusal by Kafka stays the reason a runner that is not
 /// consuming gives (librdkafka retries, and reports again, within seconds).
 const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(120);
@@ -1146,7 +1152,10 @@ fn process_message(
                         Err(KafkaError::MessageProduction(code)) if dead_letter::is_record_error(code) => {
                             send_dead_letter(shared, token, m, "produce", &format!("{} ({code})", too_large(o.json.len())))
                         }
-                        other => other.map_err(|e| format!("could not enqueue a scored record: {e}")),
+                        other => other.map_err(|e| {
+                            note_refusal(shared, output, e.rdkafka_error_code(), &e.to_string());
+                            format!("could not enqueue a scored record to {output}: {e}")
+                        }),
                     }
                 }
             }
@@ -1217,7 +1226,10 @@ fn send_dead_letter(
             {
                 limit = STUB_LIMIT;
             }
-            Err(e) => return Err(format!("could not enqueue a dead letter to {}: {e}", shared.dead_letter)),
+            Err(e) => {
+                note_refusal(shared, &shared.dead_letter, e.rdkafka_error_code(), &e.to_string());
+                return Err(format!("could not enqueue a dead letter to {}: {e}", shared.dead_letter));
+            }
         }
     }
 }
