@@ -1,6 +1,8 @@
 //! End to end through the real broker of the e2e harness, on the same
 //! machine: throughput of `vigil run` (release build) over a pre-loaded
-//! input topic, and latency percentiles at a fixed input rate.
+//! input topic, the same measured for a pass-through loop (the ceiling of
+//! this Kafka client on this machine), and latency percentiles at a fixed
+//! input rate.
 //!
 //! `cargo bench -p vigil-runner --bench kafka_e2e [-- --records N --rate R --seconds S]`
 //! prints the figures recorded in runner/BENCHMARKS.md.
@@ -88,6 +90,77 @@ fn send_all(p: &BaseProducer, topic: &str, from: u64, to: u64) {
     }
 }
 
+/// The ceiling: the same librdkafka consumer -> producer loop as a runner,
+/// with the runner's client settings, copying each record's key and value
+/// to the output topic with no decoding, transforms or scoring (offsets
+/// committed automatically). Runs until `stop`.
+fn pass_through(
+    input: &str,
+    output: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (input, output) = (input.to_string(), output.to_string());
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = kafka::config()
+            .set("group.id", unique_name("bench-pass"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("isolation.level", "read_committed")
+            .set("queued.max.messages.kbytes", "32768")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&input]).unwrap();
+        let producer: BaseProducer = kafka::config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "200000")
+            .set("compression.type", "lz4")
+            .create()
+            .unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    let mut rec = BaseRecord::to(&output).payload(m.payload().unwrap_or_default());
+                    if let Some(k) = m.key() {
+                        rec = rec.key(k);
+                    }
+                    loop {
+                        match producer.send(rec) {
+                            Ok(()) => break,
+                            Err((_, back)) => {
+                                rec = back;
+                                producer.poll(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => eprintln!("pass-through consumer: {e}"),
+                None => {}
+            }
+            producer.poll(Duration::ZERO);
+        }
+        let _ = producer.flush(Duration::from_secs(30));
+    })
+}
+
+/// Read `records` records from `topic`: (seconds from `started`, seconds
+/// from the first record).
+fn drain_timed(topic: &str, records: u64, started: Instant) -> (u64, f64, f64) {
+    let c = output_consumer(topic);
+    let mut seen = 0u64;
+    let mut first: Option<Instant> = None;
+    while seen < records && started.elapsed() < Duration::from_secs(600) {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    (seen, total, first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(total))
+}
+
 fn output_consumer(topic: &str) -> BaseConsumer {
     let c: BaseConsumer = kafka::config()
         .set("group.id", unique_name("bench-read"))
@@ -120,26 +193,33 @@ async fn main() {
     p.flush(Duration::from_secs(120)).unwrap();
     println!("loaded {records} records in {:.1} s", load_started.elapsed().as_secs_f64());
 
-    let c = output_consumer(&output);
     let started = Instant::now();
     let mut runner = start_runner(dir.path(), &pipeline(&input, &output, &dlq));
-    let mut seen = 0u64;
-    let mut first: Option<Instant> = None;
-    while seen < records && started.elapsed() < Duration::from_secs(600) {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    let total = started.elapsed().as_secs_f64();
-    let steady = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(total);
+    let (seen, total, steady) = drain_timed(&output, records, started);
+    let vigil = seen as f64 / total;
     println!(
-        "throughput: {seen} records through the broker in {total:.2} s from runner start = {:.0} records/s ({:.0} records/s from the first output)",
-        seen as f64 / total,
+        "throughput: {seen} records through the broker in {total:.2} s from runner start = {vigil:.0} records/s ({:.0} records/s from the first output)",
         seen as f64 / steady
     );
     let _ = runner.kill();
     let _ = runner.wait();
+
+    // The ceiling, in the same run: the same input, a pass-through loop.
+    let pass_out = format!("{base}-pass");
+    kafka::create_topic(&pass_out, partitions, &[]).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let looping = pass_through(&input, &pass_out, stop.clone());
+    let (seen, total, steady) = drain_timed(&pass_out, records, started);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = looping.join();
+    let ceiling = seen as f64 / total;
+    println!(
+        "pass-through baseline: {seen} records in {total:.2} s = {ceiling:.0} records/s ({:.0} records/s from the first output); vigil run reaches {:.0} % of it",
+        seen as f64 / steady,
+        100.0 * vigil / ceiling
+    );
+    let _ = kafka::delete_topics(&[&input, &output, &dlq, &pass_out]).await;
 
     // Latency at a fixed rate, runner already up.
     let base = unique_name("bench-lat");
