@@ -124,8 +124,9 @@ impl Regression {
         self.w.iter().zip(u).map(|(w, u)| w * u).sum()
     }
 
-    /// One weighted RLS step towards target `y` (weight in (0, 1]).
-    fn learn(&mut self, u: &[f64], y: f64, weight: f64, pu: &mut [f64]) {
+    /// One weighted RLS step (weight in (0, 1]), given the error of the
+    /// prediction for `u`.
+    fn learn(&mut self, u: &[f64], err: f64, weight: f64, pu: &mut [f64]) {
         let n = self.w.len();
         for i in 0..n {
             pu[i] = (0..n).map(|j| self.p[i * n + j] * u[j]).sum();
@@ -134,7 +135,6 @@ impl Regression {
         if !(denom.is_finite() && denom > 1e-12) {
             return;
         }
-        let err = y - self.predict(u);
         for i in 0..n {
             self.w[i] += pu[i] / denom * err;
         }
@@ -171,6 +171,9 @@ struct SensorZ {
     channels: Vec<Channel>,
     /// Scratch: standardised values, regression inputs, P*u, z's.
     std: Vec<f64>,
+    /// Scratch: each channel's running deviation and residual this record.
+    sd: Vec<f64>,
+    residual: Vec<f64>,
     input: Vec<f64>,
     pu: Vec<f64>,
     z: Vec<f64>,
@@ -215,6 +218,8 @@ impl SensorZ {
                 })
                 .collect(),
             std: vec![0.0; d],
+            sd: vec![0.0; d],
+            residual: vec![0.0; d],
             input: vec![0.0; 2 * d],
             pu: vec![0.0; 2 * d],
             smooth: vec![0.0; d],
@@ -246,15 +251,14 @@ impl Scorer for SensorZ {
         }
         // Standardise with the running means and deviations.
         for (i, c) in self.channels.iter_mut().enumerate().take(d) {
-            let sd = c.var.sqrt().max(1e-9 * (1.0 + c.mean.abs()));
-            self.std[i] = (x[i] - c.mean) / sd;
+            self.sd[i] = c.var.sqrt().max(1e-9 * (1.0 + c.mean.abs()));
+            self.std[i] = (x[i] - c.mean) / self.sd[i];
         }
         // Residual of each channel against its prediction.
         let mut z_max = 0.0f64;
         let mut flat = None;
         for i in 0..d {
             let c = &self.channels[i];
-            let sd = c.var.sqrt().max(1e-9 * (1.0 + c.mean.abs()));
             let predicted_std = match &c.regression {
                 Some(r) => {
                     let n = inputs(&mut self.input, &self.std[..d], &self.smooth[..d], i);
@@ -262,8 +266,9 @@ impl Scorer for SensorZ {
                 }
                 None => 0.0,
             };
-            self.predicted[i] = c.mean + predicted_std * sd;
+            self.predicted[i] = c.mean + predicted_std * self.sd[i];
             let residual = self.std[i] - predicted_std;
+            self.residual[i] = residual;
             let scale = if c.scale > 0.0 { c.scale / 0.798 } else { f64::INFINITY };
             // The step of the residual from the previous one, against the
             // usual steps: a jump of one channel (spike, level shift) or a
@@ -282,11 +287,7 @@ impl Scorer for SensorZ {
         // Learn, less from what looks anomalous.
         let weight = if z_max > HUBER { (HUBER / z_max).powi(2) } else { 1.0 };
         for i in 0..d {
-            let residual = {
-                let c = &self.channels[i];
-                let sd = c.var.sqrt().max(1e-9 * (1.0 + c.mean.abs()));
-                self.std[i] - (self.predicted[i] - c.mean) / sd
-            };
+            let residual = self.residual[i];
             let c = &mut self.channels[i];
             let n = (self.seen - NORMS_FIRST) as f64;
             c.scale = running_scale(c.scale, residual.abs(), n);
@@ -294,7 +295,7 @@ impl Scorer for SensorZ {
             c.last_residual = residual;
             if let Some(r) = &mut c.regression {
                 let n = inputs(&mut self.input, &self.std[..d], &self.smooth[..d], i);
-                r.learn(&self.input[..n], self.std[i], weight, &mut self.pu);
+                r.learn(&self.input[..n], residual, weight, &mut self.pu);
             }
             let a = NORM_ALPHA * weight;
             let delta = x[i] - c.mean;

@@ -162,11 +162,15 @@ impl ClientContext for ProducerCtx {
     }
 }
 
+/// Whether an error code is Kafka refusing the runner, and how.
+fn refusal(code: Option<RDKafkaErrorCode>) -> Option<AccessProblem> {
+    code.and_then(|c| AccessProblem::from_code(c as i32))
+}
+
 /// A client-level error from librdkafka: logged, and kept for `/status`
 /// when it is Kafka refusing the runner (which retrying does not cure).
 fn client_error(access: &status::AccessWatch, client: &str, error: &KafkaError, reason: &str) {
-    let refusal = error.rdkafka_error_code().and_then(|c| AccessProblem::from_code(c as i32));
-    match refusal {
+    match refusal(error.rdkafka_error_code()) {
         Some(kind) => {
             error!(client, error = %error, reason, "Kafka refuses the runner ({})", kind.hint());
             access.refused(kind, reason);
@@ -813,7 +817,7 @@ fn shared_http(shared: &Arc<Shared>) -> crate::http::Health {
 /// A produce to `topic` failed with `code`: if that is Kafka refusing the
 /// runner, `/status` says so, naming the operation and the topic.
 fn note_refusal(shared: &Shared, topic: &str, code: Option<RDKafkaErrorCode>, error: &str) {
-    if let Some(kind) = code.and_then(|c| AccessProblem::from_code(c as i32)) {
+    if let Some(kind) = refusal(code) {
         let what = match kind {
             AccessProblem::Authorization => format!("not authorized to Write to topic {topic}"),
             _ => format!("cannot produce to topic {topic}"),
@@ -1010,7 +1014,7 @@ fn process_loop(
             }
             match msg {
                 Err(e) => {
-                    match e.rdkafka_error_code().and_then(|c| AccessProblem::from_code(c as i32)) {
+                    match refusal(e.rdkafka_error_code()) {
                         Some(kind) => {
                             error!(error = %e, "Kafka refuses the consumer ({})", kind.hint());
                             producer
