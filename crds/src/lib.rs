@@ -26,7 +26,7 @@ pub mod transform;
 pub use common::*;
 pub use detector::*;
 pub use model::{Model, ModelSpec, ModelStatus};
-pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus};
+pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus, ScalingSpec};
 pub use transform::Transform;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

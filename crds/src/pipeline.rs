@@ -21,6 +21,7 @@ use crate::transform::Transform;
     namespaced,
     status = "PipelineStatus",
     shortname = "vpl",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     category = "vigil",
     doc = "A streaming anomaly-detection pipeline: Kafka input topic, transforms, a detector, output and dead-letter topics.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -81,6 +82,8 @@ pub struct PipelineSpec {
     pub storage: Option<StorageSpec>,
 
     /// Runner pods. Capped at the input topic's partitions (more would idle).
+    /// Ignored when `scaling` is set. The Pipeline has a `scale`
+    /// subresource, so `kubectl scale` and a HorizontalPodAutoscaler can set it.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -106,6 +109,58 @@ pub struct PipelineSpec {
     /// The Data API of the history component (needs `storage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiSpec>,
+
+    /// Autoscaling on consumer lag: the operator sets the runner replicas
+    /// from the lag it measures. Absent: `replicas` runners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingSpec>,
+}
+
+/// Autoscaling on consumer lag, reconciled by the operator: the runners
+/// wanted are `ceil(lag / targetLagPerReplica)`, between `minReplicas` and
+/// `maxReplicas` and never more than the input topic has partitions.
+/// As a HorizontalPodAutoscaler does, a scale-up takes the lowest and a
+/// scale-down the highest recommendation of its stabilisation window, so
+/// a short burst or a short lull does not move the replicas. Pausing wins.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.scaling.minReplicas must be at most maxReplicas"))]
+pub struct ScalingSpec {
+    /// Fewest runners, even with no lag.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most runners (also capped at the input topic's partitions).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Records of consumer lag each runner is expected to work off.
+    #[serde(default = "default_target_lag")]
+    #[schemars(range(min = 1))]
+    pub target_lag_per_replica: i64,
+    /// How long a higher recommendation must hold before scaling up.
+    #[serde(default = "default_scale_up_window")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub scale_up_stabilization: String,
+    /// How long a lower recommendation must hold before scaling down.
+    #[serde(default = "default_scale_down_window")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub scale_down_stabilization: String,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_lag() -> i64 {
+    10_000
+}
+
+fn default_scale_up_window() -> String {
+    "0s".into()
+}
+
+fn default_scale_down_window() -> String {
+    "5m".into()
 }
 
 fn default_replicas() -> i32 {
@@ -215,6 +270,13 @@ pub struct PipelineStatus {
     /// Hash of the runner configuration the runners were rolled with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The runner pods' label selector (the `scale` subresource's, for a
+    /// HorizontalPodAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// When `spec.scaling` last changed the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 impl PipelineSpec {

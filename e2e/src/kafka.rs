@@ -157,6 +157,19 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Result<Ve
         .collect())
 }
 
+/// Commit `group`'s offsets at the end of every partition of `topic`, as a
+/// consumer that has read everything would: the group's lag drops to zero.
+pub fn commit_to_end(group: &str, topic: &str, partitions: i32) -> Result<()> {
+    let consumer: BaseConsumer = config().set("group.id", group).create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
+    }
+    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+    Ok(())
+}
+
 /// The broker's SASL_SSL listener (SCRAM-SHA-512 over TLS, ACLs enforced)
 /// and the CA that signed its certificate.
 #[derive(Debug, Clone)]

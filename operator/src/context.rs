@@ -43,6 +43,7 @@ pub struct Context {
     cleanups: Mutex<HashMap<String, (u32, Instant)>>,
     lags: Mutex<HashMap<String, (Instant, i64)>>,
     rechecks: Mutex<HashMap<String, Recheck>>,
+    scaling: Mutex<HashMap<String, crate::pipeline::scaling::History>>,
     /// Lag queries may open a Kafka client each (until the offsets reader
     /// has caught up); a few at a time is plenty.
     lag_permits: tokio::sync::Semaphore,
@@ -66,6 +67,7 @@ impl Context {
             cleanups: Mutex::default(),
             lags: Mutex::default(),
             rechecks: Mutex::default(),
+            scaling: Mutex::default(),
             lag_permits: tokio::sync::Semaphore::new(2),
         }
     }
@@ -131,7 +133,22 @@ impl Context {
     pub fn forget_cleanup(&self, key: &str) {
         lock(&self.cleanups).remove(key);
         lock(&self.lags).remove(key);
+        self.forget_scaling(key);
         self.forget_recheck(key);
+    }
+
+    /// Decide with the autoscaling recommendations of an object.
+    pub fn with_scaling_history<T>(
+        &self,
+        key: &str,
+        decide: impl FnOnce(&mut crate::pipeline::scaling::History) -> T,
+    ) -> T {
+        decide(lock(&self.scaling).entry(key.to_string()).or_default())
+    }
+
+    /// The object no longer autoscales (or is gone).
+    pub fn forget_scaling(&self, key: &str) {
+        lock(&self.scaling).remove(key);
     }
 
     /// A Ready Pipeline was reconciled: re-check it after an interval.
@@ -167,28 +184,32 @@ impl Context {
         lock(&self.lags).insert(key.to_string(), (Instant::now(), lag));
     }
 
-    /// The consumer lag of an object, measured with `measure` at most once
-    /// per lag interval; a failed measurement keeps the last value.
+    /// The consumer lag of an object, measured with `measure` unless a
+    /// measurement younger than `max_age` exists (`None`: never measured);
+    /// a failed measurement keeps the last value. Returns the lag and when
+    /// it was measured.
     pub async fn cached_lag<F: Future<Output = Result<i64, KafkaError>>>(
         &self,
         key: &str,
+        max_age: Option<Duration>,
         measure: F,
-    ) -> Option<i64> {
-        let interval = self.settings.refresh_interval?;
+    ) -> Option<(i64, Instant)> {
+        let max_age = max_age?;
         if let Some((at, lag)) = lock(&self.lags).get(key) {
-            if at.elapsed() < interval {
-                return Some(*lag);
+            if at.elapsed() < max_age {
+                return Some((*lag, *at));
             }
         }
         let _permit = self.lag_permits.acquire().await.ok()?;
         match measure.await {
             Ok(lag) => {
-                lock(&self.lags).insert(key.to_string(), (Instant::now(), lag));
-                Some(lag)
+                let now = Instant::now();
+                lock(&self.lags).insert(key.to_string(), (now, lag));
+                Some((lag, now))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "Could not measure consumer lag");
-                lock(&self.lags).get(key).map(|(_, l)| *l)
+                lock(&self.lags).get(key).map(|(at, l)| (*l, *at))
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod children;
 pub mod dashboard;
 pub mod recheck;
 pub mod runners;
+pub mod scaling;
 pub mod status;
 pub mod topics;
 
@@ -332,10 +333,63 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         Some(_) => children::config_hash(&format!("{config}\n{secret_props:?}")),
         None => children::config_hash(&config),
     };
-    let (replicas, capped) = children::desired_replicas(p, input_partitions);
+    obs.paused = p.spec.lifecycle == Lifecycle::Paused;
+    let autoscaled = p.spec.scaling.as_ref().filter(|_| !obs.paused);
+
+    // Lag: from the broker, at most once per refresh interval, and every
+    // scaling interval when the replicas follow it (paused too: resuming
+    // then starts from a recent lag).
+    let lag_interval = match (p.spec.scaling.as_ref(), ctx.settings.refresh_interval) {
+        (Some(_), Some(r)) => Some(r.min(scaling::INTERVAL)),
+        (Some(_), None) => Some(scaling::INTERVAL),
+        (None, r) => r,
+    };
+    let measured = ctx
+        .cached_lag(&key(p), lag_interval, async {
+            let group = Pipeline::consumer_group(&namespace, &name);
+            kafka
+                .lag(
+                    &group,
+                    &p.spec.input.topic.name,
+                    input_partitions.unwrap_or(p.spec.input.topic.partitions),
+                )
+                .await
+        })
+        .await;
+    obs.lag = measured.map(|(lag, _)| lag);
+
+    let (mut replicas, mut capped) = children::desired_replicas(p, input_partitions);
+    match autoscaled {
+        Some(spec) => {
+            // A lag older than three intervals (Kafka unreachable) is no
+            // basis for scaling.
+            let fresh = measured
+                .filter(|(_, at)| at.elapsed() <= 3 * lag_interval.unwrap_or(scaling::INTERVAL))
+                .map(|(lag, _)| lag);
+            let current = p.status.as_ref().and_then(|s| s.replicas).filter(|r| *r > 0);
+            let partitions = input_partitions.unwrap_or(p.spec.input.topic.partitions);
+            let d = ctx.with_scaling_history(&key(p), |h| {
+                scaling::decide(spec, partitions, current, fresh, h, Instant::now())
+            });
+            (replicas, capped) = (d.replicas, d.capped_by_partitions);
+            if matches!(d.reason, "ScaledUp" | "ScaledDown") {
+                info!(pipeline = %key(p), replicas, reason = d.reason, "{}", d.message);
+                publish(ctx, p, EventType::Normal, d.reason, &d.message).await;
+                obs.scaled_at = Some(Time(jiff_now()));
+            }
+            obs.scaling = Some(d);
+        }
+        None => {
+            ctx.forget_scaling(&key(p));
+            if p.spec.scaling.is_some() {
+                obs.scaling = Some(scaling::paused());
+            }
+        }
+    }
+    obs.selector =
+        Some(children::selector(&name).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
     obs.replicas = replicas;
     obs.capped = capped;
-    obs.paused = p.spec.lifecycle == Lifecycle::Paused;
     obs.config_hash = Some(hash.clone());
     apply_child(ctx, &namespace, &children::config_map(p, &config)?).await?;
     apply_child(ctx, &namespace, &children::service(p)?).await?;
@@ -373,20 +427,6 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         obs.model_version = runners::served_model_version(&ctx.client, &namespace, &name).await;
     }
 
-    // Lag: from the broker, at most once per interval.
-    obs.lag = ctx
-        .cached_lag(&key(p), async {
-            let group = Pipeline::consumer_group(&namespace, &name);
-            kafka
-                .lag(
-                    &group,
-                    &p.spec.input.topic.name,
-                    input_partitions.unwrap_or(p.spec.input.topic.partitions),
-                )
-                .await
-        })
-        .await;
-
     let st = write_status(ctx, &api, p, &obs).await?;
     ctx.forget_failures(&key(p));
     let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
@@ -407,8 +447,12 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         ctx.forget_recheck(&key(p));
     }
     // Changes arrive through the watches; what they cannot see (Kafka) is
-    // re-checked by `recheck::run`.
-    Ok(Action::await_change())
+    // re-checked by `recheck::run`, and an autoscaled Pipeline's lag every
+    // scaling interval.
+    match lag_interval.filter(|_| p.spec.scaling.is_some()) {
+        Some(every) => Ok(Action::requeue(every)),
+        None => Ok(Action::await_change()),
+    }
 }
 
 /// ModelReady for a Pipeline following (or pinned to a version of) a Model.
@@ -554,7 +598,8 @@ async fn write_status(
     api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .await
         .map_err(Error::PatchStatus)?;
-    for c in status::changed(old, &new) {
+    // Scaling has Events of its own, one per change of the replicas.
+    for c in status::changed(old, &new).into_iter().filter(|c| c.type_ != "Autoscaling") {
         let type_ =
             if c.status == "True" || c.reason == "Paused" { EventType::Normal } else { EventType::Warning };
         publish(ctx, p, type_, &c.reason, &format!("{} is {}: {}", c.type_, c.status, c.message)).await;

@@ -2,7 +2,9 @@
 //!
 //! Conditions: `TopicsReady` (every topic exists as specified),
 //! `RunnersReady` (the Deployment's ready pods, not its existence),
-//! `ModelReady` (only with `detector.modelRef`), `ReplicasCapped`, and
+//! `ModelReady` (only with `detector.modelRef`), `ReplicasCapped`,
+//! `Autoscaling` (only with `spec.scaling`; informational, as
+//! `ReplicasCapped` is), and
 //! `Ready` (all of them). A condition's `lastTransitionTime` changes only
 //! when its status does.
 
@@ -44,6 +46,12 @@ pub struct Observation {
     pub runner_problem: Option<super::runners::Problem>,
     /// With `spec.storage`: the history component's state.
     pub history: Option<super::runners::HistoryState>,
+    /// With `spec.scaling`: what the autoscaler decided.
+    pub scaling: Option<super::scaling::Decision>,
+    /// When the autoscaler changed the replicas in this reconcile.
+    pub scaled_at: Option<Time>,
+    /// The runner pods' label selector.
+    pub selector: Option<String>,
 }
 
 fn condition(
@@ -107,7 +115,13 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
     });
 
     let ready = obs.ready_replicas.unwrap_or(0);
-    let runners_ok = obs.rollout_current && ready >= obs.replicas;
+    // Autoscaled: the runners added by a scale-up are on their way, and the
+    // Pipeline is serving as long as minReplicas are ready.
+    let needed = match &obs.scaling {
+        Some(d) if d.ok => obs.replicas.min(d.min.max(1)),
+        _ => obs.replicas,
+    };
+    let runners_ok = obs.rollout_current && ready >= needed;
     conditions.push(if obs.paused {
         condition(
             "RunnersReady",
@@ -168,6 +182,10 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
         condition("ReplicasCapped", false, "WithinPartitions", "one runner or fewer per input partition".into(), g, &now)
     });
 
+    if let Some(d) = &obs.scaling {
+        conditions.push(condition("Autoscaling", d.ok, d.reason, d.message.clone(), g, &now));
+    }
+
     let model_ok = match &obs.model {
         Some((ok, reason, message)) => {
             conditions.push(condition("ModelReady", *ok, reason, message.clone(), g, &now));
@@ -195,7 +213,9 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
             ("Ready", "the pipeline is running".to_string())
         }
     } else {
-        let first_false = conditions.iter().find(|c| c.status != TRUE && c.type_ != "ReplicasCapped");
+        let first_false = conditions
+            .iter()
+            .find(|c| c.status != TRUE && !matches!(c.type_.as_str(), "ReplicasCapped" | "Autoscaling"));
         match first_false {
             Some(c) => (c.reason.as_str(), format!("{}: {}", c.type_, c.message)),
             None => ("Pending", "waiting".into()),
@@ -225,6 +245,8 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
         consumer_lag: obs.lag.or_else(|| previous.and_then(|p| p.consumer_lag)),
         model_version: obs.model_version.or_else(|| previous.and_then(|p| p.model_version)),
         config_hash: obs.config_hash.clone(),
+        selector: obs.selector.clone().or_else(|| previous.and_then(|p| p.selector.clone())),
+        last_scale_time: obs.scaled_at.clone().or_else(|| previous.and_then(|p| p.last_scale_time.clone())),
     }
 }
 
@@ -338,6 +360,39 @@ mod tests {
         let s = compute(&o, None, t("2026-11-28T10:00:00Z"));
         assert_eq!(s.phase, Some(PipelinePhase::Paused));
         assert_eq!(get(&s, "Ready").reason, "Paused");
+    }
+
+    #[test]
+    fn a_scale_up_in_progress_keeps_the_pipeline_ready_but_an_outage_does_not() {
+        let scaled = |ready: i32| {
+            let mut o = ready_obs();
+            o.replicas = 3;
+            o.ready_replicas = Some(ready);
+            let mut h = crate::pipeline::scaling::History::default();
+            let spec = vigil_crds::ScalingSpec {
+                min_replicas: 1,
+                max_replicas: 3,
+                target_lag_per_replica: 100,
+                scale_up_stabilization: "0s".into(),
+                scale_down_stabilization: "5m".into(),
+            };
+            o.scaling = Some(crate::pipeline::scaling::decide(
+                &spec,
+                3,
+                Some(1),
+                Some(900),
+                &mut h,
+                std::time::Instant::now(),
+            ));
+            compute(&o, None, t("2026-11-28T10:00:00Z"))
+        };
+        let s = scaled(1);
+        assert_eq!(get(&s, "Autoscaling").reason, "ScaledUp");
+        assert_eq!(get(&s, "RunnersReady").message, "1/3 runners ready");
+        assert_eq!(get(&s, "Ready").status, "True", "minReplicas are serving");
+        let s = scaled(0);
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Ready").reason, "RunnersNotReady", "not the Autoscaling reason");
     }
 
     #[test]
