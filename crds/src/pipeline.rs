@@ -88,6 +88,13 @@ pub struct PipelineSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
 
+    /// Processing threads per runner pod; partitions are spread over them,
+    /// each with its own detector state. Default: the cores the container
+    /// may use (its CPU limit, or the node's cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub threads: Option<i32>,
+
     /// Compute resources of each runner container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

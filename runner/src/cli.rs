@@ -254,6 +254,11 @@ pub enum Command {
         /// `modelRef`.
         #[arg(long, env = "VIGIL_MODEL_REGISTRY", default_value = crate::models::registry::DEFAULT_TOPIC)]
         model_registry: String,
+        /// Processing threads; partitions are spread over them. Default:
+        /// spec.threads, else the cores the container may use (its CPU
+        /// limit, or the host's cores).
+        #[arg(long, env = "VIGIL_THREADS")]
+        threads: Option<usize>,
     },
     /// Check Pipeline and Model manifests offline, with the messages the API
     /// server would give at admission.
@@ -283,6 +288,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stall_backoff,
             termination_log,
             model_registry,
+            threads,
         } => {
             crate::logging::init(true);
             let result = crate::run::run(crate::run::Options {
@@ -296,6 +302,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch: batch.max(1),
                 stall_backoff: std::time::Duration::from_secs(stall_backoff),
                 model_registry,
+                threads,
             });
             if let Err(e) = &result {
                 tracing::error!(error = format!("{e:#}"), "Runner failed");

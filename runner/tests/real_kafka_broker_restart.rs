@@ -20,7 +20,7 @@ async fn real_kafka_broker_restart_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = topics.pipeline("restart", "atLeastOnce", "[]");
     let group = vigil_e2e::unique_name("g");
-    let mut runner = Runner::start(dir.path(), &manifest, &group, "restart-0");
+    let mut runner = Runner::start_with(dir.path(), &manifest, &group, "restart-0", &["--threads", "4"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while runner.metric("vigil_records_in_total").unwrap_or(0.0) < 20_000.0 {
         assert!(Instant::now() < deadline, "no progress before the restart:\n{}", runner.log_text());
@@ -47,7 +47,13 @@ async fn real_kafka_broker_restart_mid_stream_loses_nothing() {
             exits.push_str(log.lines().rev().find(|l| l.contains("no broker")).unwrap_or_default());
             restarts += 1;
             assert!(restarts <= 3, "the runner keeps exiting:\n{exits}");
-            runner = Runner::start(dir.path(), &manifest, &group, &format!("restart-{restarts}"));
+            runner = Runner::start_with(
+                dir.path(),
+                &manifest,
+                &group,
+                &format!("restart-{restarts}"),
+                &["--threads", "4"],
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

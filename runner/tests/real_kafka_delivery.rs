@@ -2,6 +2,11 @@
 //! scored records out, nothing lost when the runner is killed, exactly one
 //! output per input with transactions, partitions handed over between
 //! runners, and bad records dead-lettered with their reasons.
+//!
+//! Runners take the default processing threads (the cores of the machine,
+//! two on CI) unless a test says `--threads`: the kill -9, exactly-once and
+//! handover tests mix 2 and 4 threads, and one test checks per-key order
+//! with 4.
 
 mod support;
 
@@ -74,11 +79,11 @@ async fn real_kafka_kill_9_mid_stream_loses_nothing_with_at_least_once() {
     let group = vigil_e2e::unique_name("g");
     let manifest = topics.pipeline("kill", "atLeastOnce", "[]");
 
-    let first = Runner::start(dir.path(), &manifest, &group, "kill-0");
+    let first = Runner::start_with(dir.path(), &manifest, &group, "kill-0", &["--threads", "4"]);
     wait_consumed(&first, (N / 4) as f64, Duration::from_secs(300));
     first.kill9();
 
-    let second = Runner::start(dir.path(), &manifest, &group, "kill-1");
+    let second = Runner::start_with(dir.path(), &manifest, &group, "kill-1", &["--threads", "2"]);
     let counts = count_ids(&topics.output, N, Duration::from_secs(600), false);
     assert_eq!(counts.len() as u64, N, "ids lost after kill -9: {:?}", missing(&counts, N));
     let duplicates = counts.values().filter(|c| **c > 1).count();
@@ -95,13 +100,13 @@ async fn real_kafka_kill_9_mid_stream_gives_exactly_one_output_per_record_with_t
     let group = vigil_e2e::unique_name("g");
     let manifest = topics.pipeline("eos", "exactlyOnce", "[]");
 
-    let first = Runner::start(dir.path(), &manifest, &group, "eos-0");
+    let first = Runner::start_with(dir.path(), &manifest, &group, "eos-0", &["--threads", "2"]);
     wait_consumed(&first, (N / 4) as f64, Duration::from_secs(300));
     first.kill9();
 
     // The same instance name, as a restarted pod would have: its
     // transactional id fences the dead one's open transaction.
-    let second = Runner::start(dir.path(), &manifest, &group, "eos-0");
+    let second = Runner::start_with(dir.path(), &manifest, &group, "eos-0", &["--threads", "4"]);
     let counts = count_ids(&topics.output, N, Duration::from_secs(600), true);
     assert_eq!(counts.len() as u64, N, "ids lost: {:?}", missing(&counts, N));
     let dup: Vec<(&u64, &u32)> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
@@ -116,8 +121,8 @@ async fn real_kafka_two_runners_share_the_partitions_and_one_stopping_loses_noth
     let dir = tempfile::tempdir().unwrap();
     let group = vigil_e2e::unique_name("g");
     let manifest = topics.pipeline("group", "atLeastOnce", "[]");
-    let a = Runner::start(dir.path(), &manifest, &group, "group-a");
-    let b = Runner::start(dir.path(), &manifest, &group, "group-b");
+    let a = Runner::start_with(dir.path(), &manifest, &group, "group-a", &["--threads", "4"]);
+    let b = Runner::start_with(dir.path(), &manifest, &group, "group-b", &["--threads", "2"]);
     a.wait_ready(Duration::from_secs(60));
     b.wait_ready(Duration::from_secs(60));
 
@@ -140,5 +145,40 @@ async fn real_kafka_two_runners_share_the_partitions_and_one_stopping_loses_noth
     );
     assert!(a.log_text().contains("Partitions assigned"), "a saw the rebalance");
     drop(a);
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_kafka_four_threads_keep_each_keys_records_in_input_order() {
+    let topics = Topics::create("run-order", 8).await;
+    // 40 keys (the Kafka key is the host), 30,000 ids in order.
+    const IDS: u64 = 30_000;
+    produce_ids(&topics.input, 0..IDS, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = vigil_e2e::unique_name("g");
+    let manifest = topics.pipeline("order", "atLeastOnce", "[]");
+    let runner = Runner::start_with(dir.path(), &manifest, &group, "order-0", &["--threads", "4"]);
+    let out = support::read_all(&topics.output, IDS as usize, Duration::from_secs(300));
+    assert_eq!(out.len() as u64, IDS, "every record out; log:\n{}", runner.log_text());
+    assert!(runner.log_text().contains("Processing partitions on 4 threads"), "{}", runner.log_text());
+    // Per key (one input partition each), the ids come out in the order
+    // they were consumed. Records of one partition are read in offset order.
+    let per_key = |records: &[support::Received]| {
+        let mut m: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+        for r in records {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let host = v["host"].as_str().unwrap().to_string();
+            assert_eq!(r.key.as_deref(), Some(host.as_str()), "the key is kept");
+            m.entry(host).or_default().push(v["id"].as_u64().unwrap());
+        }
+        m
+    };
+    let input = per_key(&support::read_all(&topics.input, IDS as usize, Duration::from_secs(60)));
+    let output = per_key(&out);
+    assert_eq!(output.len(), 40);
+    for (host, ids) in &input {
+        assert!(output.get(host) == Some(ids), "key {host}: output order differs from input order");
+    }
+    drop(runner);
     topics.delete().await;
 }

@@ -13,8 +13,11 @@
 //! an open `window` count as done before the window emits (see
 //! `transforms/window.rs`).
 //!
-//! Processing is single-threaded (one engine, no locks on the hot path
-//! beyond uncontended ones); librdkafka's threads do the network I/O.
+//! Processing: with one thread, the consumer's thread processes each record
+//! with one engine; with more (`--threads`, `spec.threads`, default the
+//! cores the container may use), partitions are spread over processing
+//! threads with an engine each (`pool.rs`). librdkafka's threads do the
+//! network I/O.
 //!
 //! Broker outages: partitions lost to a session timeout are let go at once
 //! (nothing can be committed for them) and re-read from the committed
@@ -27,6 +30,7 @@
 pub mod dead_letter;
 pub mod kafka_config;
 pub mod offsets;
+pub mod pool;
 pub mod status;
 
 use std::collections::HashMap;
@@ -40,7 +44,7 @@ use anyhow::{Context, Result, bail};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -80,6 +84,9 @@ pub struct Options {
     pub stall_backoff: Duration,
     /// The model registry topic (for a `detector.modelRef`).
     pub model_registry: String,
+    /// Processing threads; `None`: `spec.threads`, else the cores the
+    /// container may use.
+    pub threads: Option<usize>,
 }
 
 /// State shared between the processing loop, the rebalance callback and the
@@ -121,6 +128,8 @@ struct LoopState {
     /// Set when a failure means the runner must stop consuming without
     /// committing anything more.
     halt: Option<Halt>,
+    /// With several processing threads: the work routed to them.
+    pool: Option<pool::PoolState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -277,6 +286,9 @@ impl ConsumerContext for ConsumerCtx {
                 info!(partitions = ?partitions, "Partitions revoked; finishing their in-flight records");
                 self.shared.metrics.rebalances.get_or_create(&KindLabel { kind: "revoke".into() }).inc();
                 let mut st = lock(&self.shared.state);
+                // What the processing threads hold of these partitions is
+                // finished (or failed) first.
+                self.shared.quiesce(&mut st);
                 let lost = consumer.assignment_lost();
                 if lost {
                     // The group already gave these partitions away (session
@@ -328,6 +340,8 @@ impl Shared {
     /// Abort the open transaction, if any: none of its outputs may commit.
     /// A failed abort halts the loop.
     fn abort_open_transaction(&self, st: &mut LoopState) {
+        // No thread may still be adding outputs to the transaction.
+        self.quiesce(st);
         if st.txn_open {
             if let Err(e) = self.producer.abort_transaction(Duration::from_secs(10)) {
                 st.halt.get_or_insert(Halt::new(format!("could not abort the transaction: {e}"), None));
@@ -345,6 +359,7 @@ impl Shared {
         st: &mut LoopState,
         timeout: Duration,
     ) -> Result<()> {
+        self.quiesce(st);
         match self.mode {
             Delivery::AtLeastOnce => {
                 self.producer.flush(timeout).context("flushing the producer")?;
@@ -369,6 +384,9 @@ impl Shared {
         st: &mut LoopState,
         timeout: Duration,
     ) -> Result<()> {
+        // Every record whose offset the transaction carries has its outputs
+        // in it.
+        self.quiesce(st);
         if !st.txn_open {
             return Ok(());
         }
@@ -516,6 +534,70 @@ impl Shared {
         }
     }
 
+    /// With processing threads: send them what was routed and wait until
+    /// they reported all of it. Without: nothing to wait for.
+    fn quiesce(&self, st: &mut LoopState) {
+        let Some(mut pool) = st.pool.take() else { return };
+        pool.dispatch();
+        while let Some(done) = pool.next_report(true) {
+            self.apply(st, done);
+        }
+        st.pool = Some(pool);
+    }
+
+    /// Apply the reports the processing threads have sent so far.
+    fn collect(&self, st: &mut LoopState) {
+        let Some(mut pool) = st.pool.take() else { return };
+        while let Some(done) = pool.next_report(false) {
+            self.apply(st, done);
+        }
+        st.pool = Some(pool);
+    }
+
+    fn apply(&self, st: &mut LoopState, done: pool::Done) {
+        match done {
+            pool::Done::Records(results) => {
+                for (token, r) in results {
+                    match r {
+                        Ok(outputs) => st.tracker.dispatched_with(token, outputs),
+                        Err(h) => {
+                            st.halt.get_or_insert(h);
+                        }
+                    }
+                }
+            }
+            pool::Done::Swapped { name, version, result } => self.swapped(&name, version, result),
+        }
+    }
+
+    /// A model version was swapped in (by the engine, or by every thread).
+    fn swapped(&self, name: &str, version: i64, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                let mut status = lock(&self.status);
+                if status.model_version != Some(version) {
+                    info!(model = %name, version, "Serving a new model version");
+                    status.model_version = Some(version);
+                    self.metrics.model_version.set(version);
+                }
+            }
+            Err(e) => {
+                error!(model = %name, version, error = %e, "Cannot serve this model version; keeping the current one")
+            }
+        }
+    }
+
+    /// Add what `engine` did since `last` to the metrics; returns its counts.
+    fn count(&self, engine: &Engine, last: crate::engine::Counts) -> crate::engine::Counts {
+        let c = engine.counts();
+        let m = &self.metrics;
+        m.records_in.inc_by(c.records_in - last.records_in);
+        m.records_out.inc_by(c.records_out - last.records_out);
+        m.anomalies.inc_by(c.anomalies - last.anomalies);
+        m.filtered.inc_by(c.filtered - last.filtered);
+        c
+    }
+
     /// At-least-once: store the offsets whose records are done.
     fn store(&self, consumer: &BaseConsumer<ConsumerCtx>, st: &mut LoopState) {
         let metrics = &self.metrics;
@@ -584,6 +666,8 @@ pub fn run(opts: Options) -> Result<()> {
         }
         None => None,
     };
+    let threads = pool::resolve_threads(opts.threads, spec.threads);
+    let pool_model = if threads > 1 { model.clone() } else { None };
     let mut engine =
         Engine::with_model(spec, None, None, model).map_err(|e| anyhow::anyhow!("pipeline {name}: {e}"))?;
     let metrics = Arc::new(Metrics::new(&namespace, &name));
@@ -622,6 +706,7 @@ pub fn run(opts: Options) -> Result<()> {
             txn_offsets: HashMap::new(),
             txn_open: false,
             halt: None,
+            pool: None,
         }),
         producer: producer.clone(),
         mode: spec.delivery,
@@ -663,15 +748,25 @@ pub fn run(opts: Options) -> Result<()> {
         output = %spec.output.name, dead_letter = %spec.dead_letter.name, delivery = ?spec.delivery,
         listen = %opts.listen,
         detector_bytes_per_key = engine.detector().map_or(0, |d| d.bytes_per_key()), max_keys = spec.detector.max_keys,
-        "Runner started");
+        threads, "Runner started");
 
     // Every log line of the loop carries the pipeline's namespace and name.
     let span = tracing::info_span!("pipeline", namespace = %namespace, pipeline = %name);
+    let workers = if threads > 1 {
+        let (workers, state) = span.in_scope(|| pool::Pool::start(threads, &shared, spec, pool_model))?;
+        lock(&shared.state).pool = Some(state);
+        span.in_scope(|| pool::announce(threads));
+        Some(workers)
+    } else {
+        None
+    };
     let mut backoff = opts.stall_backoff;
     let mut last_halt: Option<Instant> = None;
     let result = loop {
         let models = watcher.as_ref().map(|(w, _)| w);
-        match span.in_scope(|| process_loop(&shared, &consumer, &mut engine, spec, opts.batch, models)) {
+        match span.in_scope(|| {
+            process_loop(&shared, &consumer, &mut engine, spec, opts.batch, models, workers.as_ref())
+        }) {
             Ok(LoopExit::Orphaned) => {
                 let _span = span.enter();
                 warn!(
@@ -771,7 +866,15 @@ pub fn run(opts: Options) -> Result<()> {
         warn!("The Kafka consumer did not close within 30 s; exiting without waiting for it");
     }
     drop(http);
-    let counts = engine.counts();
+    let counts = match workers {
+        Some(workers) => {
+            if let Some(state) = lock(&shared.state).pool.as_mut() {
+                state.close();
+            }
+            workers.join()
+        }
+        None => engine.counts(),
+    };
     info!(
         records_in = counts.records_in,
         records_out = counts.records_out,
@@ -963,6 +1066,7 @@ enum LoopExit {
 /// offsets, and an open transaction must not commit any of it.
 fn forget_everything(shared: &Shared) {
     let mut st = lock(&shared.state);
+    shared.quiesce(&mut st);
     st.tracker.forget_all();
     st.stored.clear();
     st.txn_offsets.clear();
@@ -977,9 +1081,11 @@ fn process_loop(
     spec: &vigil_crds::PipelineSpec,
     batch: usize,
     models: Option<&crate::models::registry::Watcher>,
+    workers: Option<&pool::Pool>,
 ) -> Result<LoopExit> {
     let producer = &shared.producer;
     let output = spec.output.name.as_str();
+    let pooled = lock(&shared.state).pool.is_some();
     let mut last_counts = engine.counts();
     let mut batch_started = Instant::now();
     let mut in_batch = 0usize;
@@ -1039,8 +1145,15 @@ fn process_loop(
                         in_batch = 0;
                     }
                     let now = *batch_clock.get_or_insert_with(Instant::now);
-                    if let Err(h) = process_message(shared, now, &mut st, engine, &m, output) {
-                        return Ok(LoopExit::Halted(h));
+                    let token = st.tracker.begin_at(m.partition(), m.offset(), now);
+                    match st.pool.as_mut() {
+                        // Sent to its thread at the end of the batch (or by
+                        // whatever must wait for it first).
+                        Some(pool) => pool.route(pool::Work { token, msg: m.detach() }),
+                        None => match process_message(shared, token, engine, &m, output) {
+                            Ok(outputs) => st.tracker.dispatched_with(token, outputs),
+                            Err(h) => return Ok(LoopExit::Halted(h)),
+                        },
                     }
                     in_batch += 1;
                     if shared.mode == Delivery::ExactlyOnce {
@@ -1053,6 +1166,10 @@ fn process_loop(
             }
         }
         let mut st = lock(&shared.state);
+        if let Some(pool) = st.pool.as_mut() {
+            pool.dispatch();
+        }
+        shared.collect(&mut st);
         if let Some(h) = st.halt.take() {
             return Ok(LoopExit::Halted(h));
         }
@@ -1081,48 +1198,67 @@ fn process_loop(
                 }
             }
         }
-        drop(st);
-        let c = engine.counts();
-        let m = &shared.metrics;
-        m.records_in.inc_by(c.records_in - last_counts.records_in);
-        m.records_out.inc_by(c.records_out - last_counts.records_out);
-        m.anomalies.inc_by(c.anomalies - last_counts.anomalies);
-        m.filtered.inc_by(c.filtered - last_counts.filtered);
-        m.detector_keys.set(engine.detector().map_or(0, |d| d.keys().0) as i64);
-        last_counts = c;
         // A new model version is served from the next record on: between
         // two batches, nothing in flight is scored twice or skipped.
-        if let Some(model) = models.and_then(|w| w.try_next()) {
-            let (name, version) = (model.artifact.metadata.model.clone(), model.version());
-            let from = engine.detector().and_then(|d| d.model_version());
-            match engine.swap_model(model) {
-                Ok(()) => {
-                    info!(model = %name, version, from = ?from, "Serving a new model version");
-                    m.model_version.set(version);
-                    lock(&shared.status).model_version = Some(version);
-                }
-                Err(e) => {
-                    error!(model = %name, version, error = %e, "Cannot serve this model version; keeping the current one")
-                }
+        let model = models.and_then(|w| w.try_next());
+        if let (Some(model), Some(pool)) = (&model, st.pool.as_mut()) {
+            pool.swap(model);
+        }
+        drop(st);
+        if let Some(workers) = workers {
+            shared.metrics.detector_keys.set(workers.detector_keys() as i64);
+        }
+        if !pooled {
+            last_counts = shared.count(engine, last_counts);
+            shared.metrics.detector_keys.set(engine.detector().map_or(0, |d| d.keys().0) as i64);
+            if let Some(model) = model {
+                let (name, version) = (model.artifact.metadata.model.clone(), model.version());
+                let result = engine.swap_model(model);
+                shared.swapped(&name, version, result);
             }
         }
     }
     Ok(LoopExit::Stopped)
 }
 
-fn process_message(
+/// Headers as the producer takes them: copied from the consumer's, or
+/// cloned from a record a processing thread holds.
+pub(crate) trait OwnHeaders: Headers {
+    fn owned(&self) -> OwnedHeaders;
+}
+
+impl OwnHeaders for BorrowedHeaders {
+    fn owned(&self) -> OwnedHeaders {
+        self.detach()
+    }
+}
+
+impl OwnHeaders for OwnedHeaders {
+    fn owned(&self) -> OwnedHeaders {
+        self.clone()
+    }
+}
+
+/// Process one consumed record (tracked as `token`): hand its outputs and
+/// dead letters to the producer. Returns how many it handed over; an error
+/// means one could not be, and the runner must halt (the record stays
+/// unfinished and its offset is never stored).
+fn process_message<M>(
     shared: &Shared,
-    now: Instant,
-    st: &mut LoopState,
+    token: Token,
     engine: &mut Engine,
-    m: &BorrowedMessage<'_>,
+    m: &M,
     output: &str,
-) -> Result<(), Halt> {
-    let token = st.tracker.begin_at(m.partition(), m.offset(), now);
+) -> Result<u32, Halt>
+where
+    M: Message,
+    M::Headers: OwnHeaders,
+{
     let payload = m.payload().unwrap_or_default();
     let ts = m.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let meta = Meta { key: m.key(), ts_ms: ts };
     let mut failure: Option<String> = None;
+    let mut outputs = 0u32;
     let producer = &shared.producer;
     let context = m.key().map_or(0, <[u8]>::len) + headers_size(m.headers()) + RECORD_OVERHEAD;
     engine.process(payload, meta, &mut |ev| {
@@ -1150,7 +1286,7 @@ fn process_message(
                         rec = rec.key(k);
                     }
                     if let Some(h) = m.headers() {
-                        rec = rec.headers(h.detach());
+                        rec = rec.headers(h.owned());
                     }
                     match send(producer, rec) {
                         Err(KafkaError::MessageProduction(code)) if dead_letter::is_record_error(code) => {
@@ -1166,21 +1302,16 @@ fn process_message(
             Event::Rejected(r) => send_dead_letter(shared, token, m, &r.stage, &r.reason),
         };
         match sent {
-            Ok(()) => st.tracker.add_output(token),
+            Ok(()) => outputs += 1,
             Err(e) => failure = Some(e),
         }
     });
     match failure {
-        // Not dispatched: the record stays pending and its offset is never
-        // stored; the caller halts the loop.
         Some(e) => Err(Halt::new(
             e,
             Some(RecordRef { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() }),
         )),
-        None => {
-            st.tracker.dispatched(token);
-            Ok(())
-        }
+        None => Ok(outputs),
     }
 }
 
@@ -1191,13 +1322,11 @@ fn headers_size<H: Headers>(headers: Option<&H>) -> usize {
 
 /// Dead-letter the consumed record `m`, cut to fit the dead-letter topic
 /// if need be; if even that is refused by the client, once more as a stub.
-fn send_dead_letter(
-    shared: &Shared,
-    token: Token,
-    m: &BorrowedMessage<'_>,
-    stage: &str,
-    reason: &str,
-) -> Result<(), String> {
+fn send_dead_letter<M>(shared: &Shared, token: Token, m: &M, stage: &str, reason: &str) -> Result<(), String>
+where
+    M: Message,
+    M::Headers: OwnHeaders,
+{
     shared.metrics.dead_lettered.get_or_create(&StageLabel { stage: stage.to_string() }).inc();
     let input: Vec<(&str, Option<&[u8]>)> =
         m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
@@ -1215,7 +1344,7 @@ fn send_dead_letter(
                 "A dead letter is larger than the dead-letter topic takes; writing it truncated"
             );
         }
-        let headers = if letter.keep_input_headers { m.headers().map(|h| h.detach()) } else { None };
+        let headers = if letter.keep_input_headers { m.headers().map(|h| h.owned()) } else { None };
         let rec =
             letter_record(shared.dead_letter.as_str(), token, &letter, headers, m.timestamp().to_millis());
         match send(&shared.producer, rec) {

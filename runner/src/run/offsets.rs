@@ -17,7 +17,11 @@ pub type Token = usize;
 struct Slot {
     partition: i32,
     offset: i64,
-    pending: u32,
+    /// Outputs handed to the producer minus acknowledgements. It can go
+    /// below zero for a while with several processing threads: an output's
+    /// acknowledgement can be applied before the thread's count of the
+    /// outputs it sent (`dispatched_with`).
+    pending: i64,
     dispatched: bool,
     live: bool,
     generation: u32,
@@ -100,11 +104,20 @@ impl Tracker {
         }
     }
 
+    /// The record was processed and its `outputs` handed to the producer
+    /// (`add_output` that many times, then `dispatched`).
+    pub fn dispatched_with(&mut self, t: Token, outputs: u32) {
+        if let Some(s) = self.slot(t) {
+            s.pending += i64::from(outputs);
+            s.dispatched = true;
+        }
+    }
+
     /// The broker acknowledged one output. Unknown tokens (a partition that
     /// was revoked meanwhile) are ignored.
     pub fn ack(&mut self, t: Token) {
         if let Some(s) = self.slot(t) {
-            s.pending = s.pending.saturating_sub(1);
+            s.pending -= 1;
         }
     }
 
@@ -215,6 +228,23 @@ mod tests {
         assert_eq!(t.committable(), vec![], "stale acks were ignored");
         t.ack(c);
         assert_eq!(t.committable(), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn acknowledgements_may_arrive_before_a_processing_thread_reports_its_outputs() {
+        let mut t = Tracker::default();
+        let a = t.begin(0, 1);
+        let b = t.begin(0, 2);
+        // A thread sent two outputs of a; one is acknowledged before the
+        // thread's report reaches the tracker.
+        t.ack(a);
+        assert_eq!(t.committable(), vec![], "not done before it is dispatched");
+        t.dispatched_with(a, 2);
+        assert_eq!(t.committable(), vec![], "one output is still in flight");
+        t.ack(a);
+        assert_eq!(t.committable(), vec![(0, 2)]);
+        t.dispatched_with(b, 0);
+        assert_eq!(t.committable(), vec![(0, 3)]);
     }
 
     #[test]
