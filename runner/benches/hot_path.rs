@@ -1,5 +1,7 @@
 //! The hot path without Kafka: parse JSON, three transforms, score with the
-//! default univariate detector, encode the output record. One core.
+//! default univariate detector, encode the output record. One core; and
+//! with 1 and 2 threads each running its own engine over its own keys, as
+//! the runner's processing threads do (`hot_path_threads`).
 //!
 //! `cargo bench -p vigil-runner --bench hot_path`; results in
 //! runner/BENCHMARKS.md.
@@ -66,6 +68,41 @@ fn bench(c: &mut Criterion) {
                 })
             },
         );
+    }
+    group.finish();
+
+    // Processing threads: each owns an engine and its partitions' keys; no
+    // state is shared. Throughput counts the records of all threads.
+    let mut group = c.benchmark_group("hot_path_threads");
+    for threads in [1usize, 2] {
+        let inputs: Vec<Vec<Vec<u8>>> = (0..threads).map(|_| records(10_000, 1000)).collect();
+        let mut engines: Vec<Engine> =
+            (0..threads).map(|_| Engine::new(&spec, None, None).expect("engine")).collect();
+        for (engine, input) in engines.iter_mut().zip(&inputs) {
+            for r in input {
+                engine.process(r, Meta::default(), &mut |_| {});
+            }
+        }
+        group.throughput(Throughput::Elements((threads * 10_000) as u64));
+        group.bench_function(BenchmarkId::new("1000_keys_per_thread", format!("{threads}_threads")), |b| {
+            b.iter(|| {
+                std::thread::scope(|scope| {
+                    for (engine, input) in engines.iter_mut().zip(&inputs) {
+                        scope.spawn(move || {
+                            let mut bytes = 0usize;
+                            for r in input {
+                                engine.process(r, Meta::default(), &mut |ev| {
+                                    if let Event::Output(o) = ev {
+                                        bytes += o.json.len();
+                                    }
+                                });
+                            }
+                            bytes
+                        });
+                    }
+                })
+            })
+        });
     }
     group.finish();
 }
