@@ -215,3 +215,39 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
+
+/// `kubectl apply` a manifest given as text into namespace `ns`; panics
+/// with kubectl's message if it is refused.
+pub fn apply_manifest(ns: &str, yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("kubectl could not be run: {e}"));
+    child.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("manifest written to kubectl");
+    let out = child.wait_with_output().expect("kubectl ran");
+    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The `id` fields of the JSON records on `topic`, read from the start
+/// until every id of `0..n` is there or `timeout` has passed.
+pub fn ids_out(topic: &str, n: u64, timeout: std::time::Duration) -> std::collections::HashSet<u64> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = std::collections::HashSet::new();
+    while (seen.len() as u64) < n && std::time::Instant::now() < deadline {
+        seen.clear();
+        let records = crate::kafka::drain(topic, usize::MAX, std::time::Duration::from_secs(8), false)
+            .unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+        for r in records {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+            if let Some(id) = v["id"].as_u64() {
+                seen.insert(id);
+            }
+        }
+    }
+    seen
+}

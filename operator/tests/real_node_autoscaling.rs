@@ -4,15 +4,14 @@
 //! scale-up and the scale-down that follows, and the runners go back to
 //! `minReplicas` once the backlog is gone and the scale-down window passed.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use vigil_crds::Pipeline;
-use vigil_e2e::node::{diagnostics, install_vigil, wait_for};
-use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
+use vigil_e2e::node::{apply_manifest, diagnostics, ids_out, install_vigil, wait_for};
+use vigil_e2e::{TestNamespace, kafka, kube_client, unique_name};
 
 fn pipeline(name: &str, topics: &str, lifecycle: &str) -> String {
     format!(
@@ -36,14 +35,6 @@ spec:
     )
 }
 
-fn apply(ns: &str, yaml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let out = kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn real_node_a_backlog_is_drained_by_more_runner_pods_which_then_scale_back() {
     install_vigil();
@@ -56,7 +47,7 @@ async fn real_node_a_backlog_is_drained_by_more_runner_pods_which_then_scale_bac
     let runners = ListParams::default().labels("vigil.dev/pipeline=drain,app.kubernetes.io/component=runner");
 
     // Paused: topics exist, no runner consumes.
-    apply(&ns.name, &pipeline("drain", &topics, "Paused"));
+    apply_manifest(&ns.name, &pipeline("drain", &topics, "Paused"));
     wait_for("Paused", &ns.name, Duration::from_secs(120), || async {
         let p = api.get("drain").await.ok()?;
         (p.status?.phase == Some(vigil_crds::pipeline::PipelinePhase::Paused)).then_some(())
@@ -111,15 +102,7 @@ async fn real_node_a_backlog_is_drained_by_more_runner_pods_which_then_scale_bac
     .await;
 
     // Every record comes out, through the scale-up's rebalances.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen = HashSet::new();
-    while (seen.len() as u64) < N && Instant::now() < deadline {
-        seen.clear();
-        for r in kafka::drain(&format!("{topics}-out"), usize::MAX, Duration::from_secs(8), false).unwrap() {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            seen.insert(v["id"].as_u64().unwrap());
-        }
-    }
+    let seen = ids_out(&format!("{topics}-out"), N, Duration::from_secs(180));
     let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).take(20).collect();
     assert!(
         missing.is_empty(),

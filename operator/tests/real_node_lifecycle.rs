@@ -6,7 +6,7 @@
 //! children.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use vigil_crds::Pipeline;
-use vigil_e2e::node::{VIGIL_NAMESPACE, diagnostics, install_vigil, wait_for};
-use vigil_e2e::{TestNamespace, kafka, kube_client, kubectl, unique_name};
+use vigil_e2e::node::{VIGIL_NAMESPACE, apply_manifest, diagnostics, ids_out, install_vigil, wait_for};
+use vigil_e2e::{TestNamespace, kafka, kube_client, unique_name};
 
 fn pipeline(name: &str, topics: &str, replicas: i32, threshold: f64) -> String {
     format!(
@@ -33,14 +33,6 @@ spec:
   resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{memory: 256Mi}}}}
 "#
     )
-}
-
-fn apply(ns: &str, yaml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let out = kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 async fn ready(api: &Api<Pipeline>, name: &str) -> Option<Pipeline> {
@@ -71,7 +63,7 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     let ns = TestNamespace::create(&client, "node-life").await.unwrap();
     let topics = unique_name("life");
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
-    apply(&ns.name, &pipeline("life", &topics, 2, 0.9));
+    apply_manifest(&ns.name, &pipeline("life", &topics, 2, 0.9));
     wait_for("Ready", &ns.name, Duration::from_secs(120), || ready(&api, "life")).await;
 
     // Records flow for the whole test: 12,000 ids over about 20 s.
@@ -91,7 +83,7 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     // 1. A spec change rolls the runner pods (a new config hash).
     let before: HashSet<String> =
         runner_pods(&client, &ns.name, "life").await.iter().filter_map(|p| p.metadata.name.clone()).collect();
-    apply(&ns.name, &pipeline("life", &topics, 2, 0.95));
+    apply_manifest(&ns.name, &pipeline("life", &topics, 2, 0.95));
     wait_for("the rollout", &ns.name, Duration::from_secs(120), || async {
         let pods = runner_pods(&client, &ns.name, "life").await;
         let fresh =
@@ -145,15 +137,7 @@ async fn real_node_rollout_pod_deletion_pause_and_resume_lose_no_record() {
     .await;
 
     producer.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen = HashSet::new();
-    while (seen.len() as u64) < N && Instant::now() < deadline {
-        seen.clear();
-        for r in kafka::drain(&format!("{topics}-out"), usize::MAX, Duration::from_secs(8), false).unwrap() {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            seen.insert(v["id"].as_u64().unwrap());
-        }
-    }
+    let seen = ids_out(&format!("{topics}-out"), N, Duration::from_secs(180));
     let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).take(20).collect();
     assert!(
         missing.is_empty(),
@@ -186,7 +170,7 @@ async fn real_node_the_other_operator_replica_takes_over_when_the_leader_is_kill
     let names: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
     let base = unique_name("fo");
     let yaml: String = names.iter().map(|n| pipeline(n, &format!("{base}-{n}"), 1, 0.9) + "---\n").collect();
-    apply(&ns.name, &yaml);
+    apply_manifest(&ns.name, &yaml);
     pods.delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
         .await
         .unwrap();

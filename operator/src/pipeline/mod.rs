@@ -344,20 +344,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         (Some(_), None) => Some(scaling::INTERVAL),
         (None, r) => r,
     };
-    let measured = ctx
-        .cached_lag(&key(p), lag_interval, async {
-            let group = Pipeline::consumer_group(&namespace, &name);
-            kafka
-                .lag(
-                    &group,
-                    &p.spec.input.topic.name,
-                    input_partitions.unwrap_or(p.spec.input.topic.partitions),
-                )
-                .await
-        })
-        .await;
-    obs.lag = measured.map(|(lag, _)| lag);
-
+    // Measured before the children only when the replicas depend on it: a
+    // lag query can wait on an unreachable or refusing Kafka, and must not
+    // hold up a rollout (a rotated Secret, a spec change).
+    let measured = match p.spec.scaling {
+        Some(_) => measure_lag(ctx, p, &kafka, input_partitions, lag_interval).await,
+        None => None,
+    };
     let (mut replicas, mut capped) = children::desired_replicas(p, input_partitions);
     match autoscaled {
         Some(spec) => {
@@ -422,6 +415,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
             });
     }
 
+    let measured = match measured {
+        Some(m) => Some(m),
+        None if p.spec.scaling.is_none() => measure_lag(ctx, p, &kafka, input_partitions, lag_interval).await,
+        None => None,
+    };
+    obs.lag = measured.map(|(lag, _)| lag);
+
     // What the runners actually serve (hot reloads included).
     if p.spec.detector.model_ref.is_some() {
         obs.model_version = runners::served_model_version(&ctx.client, &namespace, &name).await;
@@ -453,6 +453,21 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         Some(every) => Ok(Action::requeue(every)),
         None => Ok(Action::await_change()),
     }
+}
+
+/// The consumer lag of the Pipeline's runners, from the broker at most once
+/// per `interval` (a failed measurement keeps the last one), with when it
+/// was measured.
+async fn measure_lag(
+    ctx: &Context,
+    p: &Pipeline,
+    kafka: &crate::kafka::Kafka,
+    input_partitions: Option<i32>,
+    interval: Option<Duration>,
+) -> Option<(i64, Instant)> {
+    let group = Pipeline::consumer_group(&p.namespace().unwrap_or_default(), &p.name_any());
+    let partitions = input_partitions.unwrap_or(p.spec.input.topic.partitions);
+    ctx.cached_lag(&key(p), interval, kafka.lag(&group, &p.spec.input.topic.name, partitions)).await
 }
 
 /// ModelReady for a Pipeline following (or pinned to a version of) a Model.
