@@ -38,9 +38,9 @@ spec:
     serde_json::from_value(value).unwrap()
 }
 
-fn start_operator(namespace: &str, refresh_interval: u64) -> Child {
+fn start_operator(namespace: &str, refresh_interval: u64) -> (Child, u16) {
     let port = vigil_e2e::free_port();
-    Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
+    let child = Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
         .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--refresh-interval", &refresh_interval.to_string()])
         .env("KUBECONFIG", vigil_e2e::kubeconfig())
@@ -48,7 +48,33 @@ fn start_operator(namespace: &str, refresh_interval: u64) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("vigil-operator starts")
+        .expect("vigil-operator starts");
+    (child, port)
+}
+
+/// CPU seconds used so far by every process whose command is `comm` (the
+/// API server, etcd, the broker's JVM).
+fn cpu_of(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .map(|pid| proc_stats(pid).2)
+        .sum()
+}
+
+/// A counter or histogram sum of the operator's `/metrics`, summed over
+/// its labels.
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0.0 };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// (peak RSS KiB, current RSS KiB, CPU seconds) of a process, from /proc.
@@ -105,7 +131,7 @@ async fn main() {
 
     // 1. One Pipeline, several times.
     let ns = TestNamespace::create(&client, "bench-one").await.unwrap();
-    let mut op = start_operator(&ns.name, refresh_interval);
+    let (mut op, _) = start_operator(&ns.name, refresh_interval);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let mut latencies = Vec::new();
@@ -138,9 +164,16 @@ async fn main() {
 
     // 2. Many at once.
     let ns = TestNamespace::create(&client, "bench-many").await.unwrap();
-    let mut op = start_operator(&ns.name, refresh_interval);
+    let (mut op, port) = start_operator(&ns.name, refresh_interval);
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (reconciles_before, busy_before) = (
+        metric(port, "vigil_operator_reconciles_total"),
+        metric(port, "vigil_operator_reconcile_duration_seconds_sum"),
+    );
+    let components = ["kube-apiserver", "etcd", "java", "kube-controller"];
+    let cpu_before: Vec<f64> = components.iter().map(|c| cpu_of(c)).collect();
+    let operator_cpu_before = proc_stats(pid).2;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let prefix = unique_name("bench");
     let started = Instant::now();
@@ -170,6 +203,25 @@ async fn main() {
     }
     let all_ready = started.elapsed();
     let (hwm, rss, cpu_before) = proc_stats(pid);
+    let reconciles = metric(port, "vigil_operator_reconciles_total") - reconciles_before;
+    let busy = metric(port, "vigil_operator_reconcile_duration_seconds_sum") - busy_before;
+    let failures = metric(port, "vigil_operator_reconcile_failures_total");
+    println!(
+        "during the burst: {reconciles:.0} reconciles ({:.1} per Pipeline, {:.1} per second, mean {:.0} ms each, {failures:.0} failed)",
+        reconciles / n as f64,
+        reconciles / all_ready.as_secs_f64(),
+        1000.0 * busy / reconciles.max(1.0)
+    );
+    let mut cpu = vec![format!("vigil-operator {:.1}", cpu_before - operator_cpu_before)];
+    for (c, before) in components.iter().zip(&cpu_before) {
+        cpu.push(format!("{c} {:.1}", cpu_of(c) - before));
+    }
+    println!(
+        "CPU seconds during the burst ({:.1} s on 2 cores = {:.1} CPU s available): {}",
+        all_ready.as_secs_f64(),
+        2.0 * all_ready.as_secs_f64(),
+        cpu.join(", ")
+    );
     println!(
         "{n} Pipelines applied at once: all Ready after {all_ready:?}; operator peak RSS {:.1} MiB (now {:.1} MiB)",
         hwm.max(peak_seen) as f64 / 1024.0,

@@ -403,7 +403,12 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     let ds = deployment.status.unwrap_or_default();
     let generation_seen = ds.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let updated = ds.updated_replicas.unwrap_or(0);
-    obs.rollout_current = generation_seen && (replicas == 0 || updated >= replicas);
+    // The autoscaler changing the replicas of a template already rolled out
+    // is not a rollout: every pod, old or new, runs the current config.
+    let scaled_only = obs.scaling.as_ref().is_some_and(|d| d.ok)
+        && p.status.as_ref().and_then(|s| s.config_hash.as_deref()) == Some(hash.as_str())
+        && ds.updated_replicas.is_some();
+    obs.rollout_current = scaled_only || (generation_seen && (replicas == 0 || updated >= replicas));
     obs.ready_replicas =
         Some(ds.ready_replicas.unwrap_or(0).min(if obs.rollout_current { i32::MAX } else { updated }));
     if !obs.paused && obs.ready_replicas.unwrap_or(0) < replicas {
