@@ -171,6 +171,9 @@ async fn real_k8s_a_backlog_scales_the_runners_up_and_a_drained_one_back_down() 
     // Resumed, it scales to what the lag asks for.
     update_spec(&api, &scaled_yaml("scaled", &t, 2, "Running")).await;
     wait_replicas(&api, &deployments, 2, Duration::from_secs(30)).await;
+
+    // Nothing left behind for a node's operator to run later in the suite.
+    ns.cleanup().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,4 +202,5 @@ async fn real_k8s_the_scale_subresource_sets_the_replicas_and_bad_bounds_are_ref
     let p: Pipeline = serde_json::from_value(value).unwrap();
     let err = api.create(&Default::default(), &p).await.expect_err("refused");
     assert!(err.to_string().contains("spec.scaling.minReplicas must be at most maxReplicas"), "{err}");
+    ns.cleanup().await.unwrap();
 }
