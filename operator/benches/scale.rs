@@ -172,7 +172,7 @@ async fn main() {
         metric(port, "vigil_operator_reconcile_duration_seconds_sum"),
     );
     let components = ["kube-apiserver", "etcd", "java", "kube-controller"];
-    let cpu_before: Vec<f64> = components.iter().map(|c| cpu_of(c)).collect();
+    let component_cpu_before: Vec<f64> = components.iter().map(|c| cpu_of(c)).collect();
     let operator_cpu_before = proc_stats(pid).2;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let prefix = unique_name("bench");
@@ -213,7 +213,7 @@ async fn main() {
         1000.0 * busy / reconciles.max(1.0)
     );
     let mut cpu = vec![format!("vigil-operator {:.1}", cpu_before - operator_cpu_before)];
-    for (c, before) in components.iter().zip(&cpu_before) {
+    for (c, before) in components.iter().zip(&component_cpu_before) {
         cpu.push(format!("{c} {:.1}", cpu_of(c) - before));
     }
     println!(
