@@ -58,7 +58,11 @@ fn cpu_of(comm: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        // The harness's binaries carry their version (`kube-apiserver-v1.37.2`),
+        // and the kernel keeps 15 characters of a command.
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with(comm))
+        })
         .map(|pid| proc_stats(pid).2)
         .sum()
 }
