@@ -111,21 +111,15 @@ pub fn decide(
         ("ScaledUp", format!("scaled up from {current} to {replicas} runners: {basis}"))
     } else if replicas < current {
         ("ScaledDown", format!("scaled down from {current} to {replicas} runners: {basis}"))
-    } else if recommendation > current {
+    } else if recommendation != current {
+        let window = if recommendation > current {
+            &spec.scale_up_stabilization
+        } else {
+            &spec.scale_down_stabilization
+        };
         (
             "Stabilizing",
-            format!(
-                "{basis} asks for {recommendation} runners; keeping {current} until it has for {}",
-                spec.scale_up_stabilization
-            ),
-        )
-    } else if recommendation < current {
-        (
-            "Stabilizing",
-            format!(
-                "{basis} asks for {recommendation} runners; keeping {current} until it has for {}",
-                spec.scale_down_stabilization
-            ),
+            format!("{basis} asks for {recommendation} runners; keeping {current} until it has for {window}"),
         )
     } else if capped_by_partitions {
         (

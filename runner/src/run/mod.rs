@@ -1085,7 +1085,6 @@ fn process_loop(
 ) -> Result<LoopExit> {
     let producer = &shared.producer;
     let output = spec.output.name.as_str();
-    let pooled = lock(&shared.state).pool.is_some();
     let mut last_counts = engine.counts();
     let mut batch_started = Instant::now();
     let mut in_batch = 0usize;
@@ -1207,8 +1206,7 @@ fn process_loop(
         drop(st);
         if let Some(workers) = workers {
             shared.metrics.detector_keys.set(workers.detector_keys() as i64);
-        }
-        if !pooled {
+        } else {
             last_counts = shared.count(engine, last_counts);
             shared.metrics.detector_keys.set(engine.detector().map_or(0, |d| d.keys().0) as i64);
             if let Some(model) = model {

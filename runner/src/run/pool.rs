@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use tracing::{error, info};
 
 use super::offsets::Token;
@@ -146,7 +146,7 @@ impl PoolState {
     /// sent with the next `dispatch`.
     pub(super) fn route(&mut self, work: Work) {
         let n = self.pending.len();
-        let i = usize::try_from(work.msg_partition()).unwrap_or(0) % n;
+        let i = usize::try_from(work.msg.partition()).unwrap_or(0) % n;
         self.pending[i].push(work);
     }
 
@@ -189,13 +189,6 @@ impl PoolState {
     /// Close the job queues: the threads end once they are empty.
     pub(super) fn close(&mut self) {
         self.senders.clear();
-    }
-}
-
-impl Work {
-    fn msg_partition(&self) -> i32 {
-        use rdkafka::message::Message;
-        self.msg.partition()
     }
 }
 
