@@ -32,13 +32,17 @@ pub struct Contribution {
     pub expected: Option<f64>,
 }
 
+/// Contributions, largest first. Inline up to four (the usual feature
+/// count), so scoring a record allocates nothing.
+pub type Explanation = smallvec::SmallVec<[Contribution; 4]>;
+
 /// A score and its explanation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     /// In [0, 1]; higher is more anomalous.
     pub value: f64,
     /// Features by contribution, largest first.
-    pub explanation: Vec<Contribution>,
+    pub explanation: Explanation,
 }
 
 /// One key's detector state.
@@ -320,9 +324,9 @@ impl DetectorStage {
 
 /// Contributions proportional to `weights` (absolute values), largest first;
 /// zero weights are left out.
-pub fn contributions(weights: &[f64], expected: &[Option<f64>]) -> Vec<Contribution> {
+pub fn contributions(weights: &[f64], expected: &[Option<f64>]) -> Explanation {
     let total: f64 = weights.iter().map(|w| w.abs()).sum();
-    let mut out: Vec<Contribution> = weights
+    let mut out: Explanation = weights
         .iter()
         .enumerate()
         .filter(|(_, w)| w.abs() > 0.0)

@@ -300,7 +300,11 @@ impl Scorer for RobustZ {
         }
         Score {
             value,
-            explanation: vec![Contribution { feature: 0, weight: 1.0, expected: Some(self.median) }],
+            explanation: smallvec::smallvec![Contribution {
+                feature: 0,
+                weight: 1.0,
+                expected: Some(self.median)
+            }],
         }
     }
 }

@@ -86,7 +86,14 @@ impl Scorer for Seasonal {
         self.seen += 1;
         let s = self.likelihood.observe(raw.ln_1p());
         let value = if self.seen <= self.warmup { 0.0 } else { s };
-        Score { value, explanation: vec![Contribution { feature: 0, weight: 1.0, expected: Some(expected) }] }
+        Score {
+            value,
+            explanation: smallvec::smallvec![Contribution {
+                feature: 0,
+                weight: 1.0,
+                expected: Some(expected)
+            }],
+        }
     }
 }
 

@@ -30,7 +30,7 @@
 
 use vigil_crds::DetectorParams;
 
-use super::{Contribution, Factory, Score, Scorer};
+use super::{Contribution, Explanation, Factory, Score, Scorer};
 
 /// Records per key before any score.
 const WARMUP: usize = 500;
@@ -234,7 +234,7 @@ impl Scorer for SensorZ {
         let d = self.channels.len().min(x.len());
         self.seen += 1;
         if x[..d].iter().any(|v| !v.is_finite()) {
-            return Score { value: 0.0, explanation: Vec::new() };
+            return Score { value: 0.0, explanation: Explanation::new() };
         }
         // The first records only settle the means and deviations the
         // regressions' inputs are standardised by.
@@ -247,7 +247,7 @@ impl Scorer for SensorZ {
                 c.run = if x[i] == c.last { c.run + 1 } else { 0 };
                 c.last = x[i];
             }
-            return Score { value: 0.0, explanation: Vec::new() };
+            return Score { value: 0.0, explanation: Explanation::new() };
         }
         // Standardise with the running means and deviations.
         for (i, c) in self.channels.iter_mut().enumerate().take(d) {
@@ -314,30 +314,35 @@ impl Scorer for SensorZ {
             *sm += (v - *sm) / SMOOTH;
         }
         if self.seen <= self.warmup {
-            return Score { value: 0.0, explanation: Vec::new() };
+            return Score { value: 0.0, explanation: Explanation::new() };
         }
         let (value, explanation) = match flat {
-            Some(i) => {
-                (1.0, vec![Contribution { feature: i, weight: 1.0, expected: Some(self.predicted[i]) }])
-            }
+            Some(i) => (
+                1.0,
+                smallvec::smallvec![Contribution {
+                    feature: i,
+                    weight: 1.0,
+                    expected: Some(self.predicted[i])
+                }],
+            ),
             None => {
                 let value = z_max * z_max / (z_max * z_max + Z0 * Z0);
                 // Shares of the z's above the noise (z > 1).
-                let excess: Vec<f64> = self.z[..d].iter().map(|z| (z - 1.0).max(0.0)).collect();
-                let total: f64 = excess.iter().sum();
-                let mut parts: Vec<Contribution> = if total > 0.0 {
-                    excess
+                let excess = |z: f64| (z - 1.0).max(0.0);
+                let total: f64 = self.z[..d].iter().map(|z| excess(*z)).sum();
+                let mut parts: Explanation = if total > 0.0 {
+                    self.z[..d]
                         .iter()
                         .enumerate()
-                        .filter(|(_, e)| **e > 0.0)
-                        .map(|(i, e)| Contribution {
+                        .filter(|(_, z)| excess(**z) > 0.0)
+                        .map(|(i, z)| Contribution {
                             feature: i,
-                            weight: e / total,
+                            weight: excess(*z) / total,
                             expected: Some(self.predicted[i]),
                         })
                         .collect()
                 } else {
-                    Vec::new()
+                    Explanation::new()
                 };
                 parts.sort_by(|a, b| b.weight.total_cmp(&a.weight));
                 (value, parts)

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vigil_crds::model::ModelAlgorithm;
 
-use crate::detectors::{Contribution, Factory, Score, Scorer, contributions};
+use crate::detectors::{Factory, Score, Scorer, contributions};
 
 /// The artifact format this runner writes and reads.
 pub const FORMAT: u32 = 1;
@@ -577,7 +577,7 @@ impl Model {
         a.scaling.apply(x, z);
         let (raw, class) = a.fitted.raw(z, parts, a.classes.as_ref());
         let value = if a.classes.is_some() { raw.clamp(0.0, 1.0) } else { calibrate(&a.quantiles, raw) };
-        let explanation: Vec<Contribution> = contributions(parts, &[]);
+        let explanation = contributions(parts, &[]);
         (Score { value, explanation }, class)
     }
 
