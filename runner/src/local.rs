@@ -84,7 +84,7 @@ fn writer(path: &Path) -> Result<Box<dyn Write>> {
 /// Run `pipeline` as the options say; the summary is also printed to stderr.
 pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     let format = format_of(opts.input.as_deref(), opts.format)?;
-    let (reader, size): (Box<dyn BufRead>, Option<u64>) = match opts.input.as_deref() {
+    let (mut reader, size): (Box<dyn BufRead>, Option<u64>) = match opts.input.as_deref() {
         None => (Box::new(DEFAULT_DATA.as_bytes()), Some(DEFAULT_DATA.len() as u64)),
         Some(p) if p == Path::new("-") => (Box::new(BufReader::new(std::io::stdin().lock())), None),
         Some(p) => {
@@ -103,10 +103,22 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     let started = Instant::now();
     let name = pipeline.metadata.name.clone().unwrap_or_default();
 
-    let mut lines = reader.split(b'\n');
+    // One line buffer for the whole run: no allocation per record.
+    let mut line = Vec::with_capacity(4096);
+    let mut next_line = |line: &mut Vec<u8>| -> std::io::Result<bool> {
+        line.clear();
+        if reader.read_until(b'\n', line)? == 0 {
+            return Ok(false);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Ok(true)
+    };
     let mut columns = None;
     if format == RecordFormat::Csv {
-        let header = lines.next().transpose()?.unwrap_or_default();
+        next_line(&mut line)?;
+        let header = std::mem::take(&mut line);
         let cells = crate::codec::csv::CsvRow::new(pipeline.spec.input.encoding.delimiter_byte())
             .split(&header)
             .map_err(|e| anyhow::anyhow!("the CSV header: {e}"))?
@@ -158,15 +170,21 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
     };
     let mut sinks = Sinks { out, dead, only_anomalies, error: None, history, history_error: None };
     let mut line_no = if columns.is_some() { 1 } else { 0 };
-    for line in lines {
-        let line = line?;
+    // The progress bar and the wall clock (the event time of records that
+    // carry none) are read every 256 records: per record, the two clock
+    // reads were a twentieth of a run.
+    let (mut unreported, mut now) = (0u64, chrono::Utc::now().timestamp_millis());
+    while next_line(&mut line)? {
         line_no += 1;
-        progress.inc(line.len() as u64 + 1);
+        unreported += line.len() as u64 + 1;
+        if line_no % 256 == 0 {
+            progress.inc(std::mem::take(&mut unreported));
+            now = chrono::Utc::now().timestamp_millis();
+        }
         let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
         if trimmed.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let now = chrono::Utc::now().timestamp_millis();
         engine.process(trimmed, Meta { key: None, ts_ms: now }, &mut |ev| {
             sinks.handle(ev, line_no, trimmed, &progress)
         });
@@ -181,6 +199,7 @@ pub fn run(pipeline: &Pipeline, opts: &Options) -> Result<Summary> {
             return Err(e).context("writing output");
         }
     }
+    progress.inc(unreported);
     engine.flush(&mut |ev| sinks.handle(ev, line_no, b"", &progress));
     sinks.finish()?;
     if let Some(e) = sinks.history_error.take() {
