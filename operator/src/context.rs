@@ -7,8 +7,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
 use rdkafka::ClientConfig;
 
 use crate::kafka::{Kafka, KafkaError};
@@ -25,6 +29,46 @@ pub struct Settings {
     /// How often a Ready pipeline is re-checked (lag, topic drift); `None`
     /// only on changes.
     pub refresh_interval: Option<Duration>,
+}
+
+/// What the controller's watches of the Pipelines' children have seen: the
+/// Deployments in full (their status says whether the runners are ready),
+/// the rest as metadata.
+#[derive(Clone)]
+pub struct ChildStores {
+    /// Runner Deployments.
+    pub deployments: Store<Deployment>,
+    /// Config, dashboard and Loki-rule ConfigMaps.
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// Services.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// History StatefulSets.
+    pub statefulsets: Store<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>,
+}
+
+impl ChildStores {
+    /// Whether the watch has seen a child of this kind and name (only
+    /// children labelled as the operator's are watched). Waits for the
+    /// watch's first listing.
+    pub async fn has<K>(store: &Store<PartialObjectMeta<K>>, namespace: &str, name: &str) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        // The writer lives as long as the controller; if it is gone, say
+        // "present" so the caller asks the API server itself.
+        if store.wait_until_ready().await.is_err() {
+            return true;
+        }
+        store.get(&ObjectRef::new(name).within(namespace)).is_some()
+    }
+}
+
+/// A child as the last apply of this operator left it.
+struct Applied {
+    /// Hash of the applied body.
+    body: u64,
+    /// What changes when anyone else changes the object (see `Child`).
+    version: Option<String>,
 }
 
 /// Shared reconcile state.
@@ -44,6 +88,10 @@ pub struct Context {
     lags: Mutex<HashMap<String, (Instant, i64)>>,
     rechecks: Mutex<HashMap<String, Recheck>>,
     scaling: Mutex<HashMap<String, crate::pipeline::scaling::History>>,
+    /// The children's watches.
+    pub children: ChildStores,
+    /// Per Pipeline, per child (kind/name): the last body applied.
+    applied: Mutex<HashMap<String, HashMap<String, Applied>>>,
     /// Lag queries may open a Kafka client each (until the offsets reader
     /// has caught up); a few at a time is plenty.
     lag_permits: tokio::sync::Semaphore,
@@ -56,7 +104,13 @@ fn kafka_key(bootstrap: &str, props: &BTreeMap<String, String>) -> String {
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        children: ChildStores,
+    ) -> Self {
         Context {
             client,
             settings,
@@ -68,6 +122,8 @@ impl Context {
             lags: Mutex::default(),
             rechecks: Mutex::default(),
             scaling: Mutex::default(),
+            children,
+            applied: Mutex::default(),
             lag_permits: tokio::sync::Semaphore::new(2),
         }
     }
@@ -135,6 +191,28 @@ impl Context {
         lock(&self.lags).remove(key);
         self.forget_scaling(key);
         self.forget_recheck(key);
+        lock(&self.applied).remove(key);
+    }
+
+    /// The object `child` of the Pipeline `owner` as the watch last saw it,
+    /// if this operator applied `body_hash` to it before and nobody changed
+    /// it since: applying it again would change nothing.
+    pub fn unchanged_child<K: Child>(&self, owner: &str, child: &K, body_hash: u64) -> Option<K> {
+        let (namespace, name) = (child.meta().namespace.as_deref()?, child.meta().name.as_deref()?);
+        let current = K::observed(&self.children, namespace, name)?;
+        let applied = lock(&self.applied);
+        let last = applied.get(owner)?.get(&child_key::<K>(name))?;
+        (last.body == body_hash && last.version.is_some() && last.version == current.version())
+            .then_some(current)
+    }
+
+    /// Remember what an apply of `body_hash` left.
+    pub fn applied_child<K: Child>(&self, owner: &str, applied: &K, body_hash: u64) {
+        let name = applied.meta().name.clone().unwrap_or_default();
+        lock(&self.applied)
+            .entry(owner.to_string())
+            .or_default()
+            .insert(child_key::<K>(&name), Applied { body: body_hash, version: applied.version() });
     }
 
     /// Decide with the autoscaling recommendations of an object.
@@ -254,3 +332,62 @@ impl Context {
         api.patch(&name, &pp, &kube::api::Patch::Apply(&body)).await
     }
 }
+
+fn child_key<K: kube::Resource<DynamicType = ()>>(name: &str) -> String {
+    format!("{}/{name}", K::kind(&()))
+}
+
+/// A kind of child the operator applies, and how it tells whether the
+/// object is still as its last apply left it.
+pub trait Child:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    /// The object as the controller's watch last saw it; `None` when the
+    /// kind is not watched into a store (it is then always applied).
+    fn observed(_stores: &ChildStores, _namespace: &str, _name: &str) -> Option<Self> {
+        None
+    }
+    /// What changes when anyone else changes the object: the resource
+    /// version, or for kinds whose status others write all the time, the
+    /// generation (which only a change of the spec moves).
+    fn version(&self) -> Option<String> {
+        self.meta().resource_version.clone()
+    }
+}
+
+fn observed_meta<K>(store: &Store<PartialObjectMeta<K>>, namespace: &str, name: &str) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Default,
+{
+    let meta = store.get(&ObjectRef::new(name).within(namespace))?;
+    let mut k = K::default();
+    *k.meta_mut() = meta.metadata.clone();
+    Some(k)
+}
+
+impl Child for ConfigMap {
+    fn observed(stores: &ChildStores, namespace: &str, name: &str) -> Option<Self> {
+        observed_meta(&stores.config_maps, namespace, name)
+    }
+}
+
+impl Child for Service {
+    fn observed(stores: &ChildStores, namespace: &str, name: &str) -> Option<Self> {
+        observed_meta(&stores.services, namespace, name)
+    }
+}
+
+impl Child for Deployment {
+    fn observed(stores: &ChildStores, namespace: &str, name: &str) -> Option<Self> {
+        stores.deployments.get(&ObjectRef::new(name).within(namespace)).map(|d| (*d).clone())
+    }
+    fn version(&self) -> Option<String> {
+        self.meta().generation.map(|g| g.to_string())
+    }
+}
+
+impl Child for k8s_openapi::api::apps::v1::StatefulSet {}

@@ -18,7 +18,7 @@ use kube::{Api, Client};
 use tracing::{debug, error, info};
 use vigil_crds::{Model, Pipeline};
 
-use crate::context::{Context, Settings};
+use crate::context::{ChildStores, Context, Settings};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::pipeline;
@@ -27,7 +27,7 @@ use crate::pipeline;
 const RUNNER_PODS: &str = "app.kubernetes.io/managed-by=vigil-operator,app.kubernetes.io/component=runner";
 
 /// Reconciles that run at once.
-pub const RECONCILE_CONCURRENCY: u16 = 16;
+pub const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// How `run` was started.
 #[derive(Debug, Clone)]
@@ -113,9 +113,24 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         client.clone(),
         Reporter { controller: "vigil-operator".into(), instance: Some(opts.identity.clone()) },
     );
-    let ctx = Arc::new(Context::new(client.clone(), opts.settings.clone(), metrics.clone(), recorder));
     let owned = watch_config().labels("app.kubernetes.io/managed-by=vigil-operator");
     let ns = &opts.namespace;
+    // The children's watches keep stores the reconciler reads: whether a
+    // child is still as the last apply left it (then it is not applied
+    // again), and the runner Deployment's status. Metadata is enough for
+    // the rest.
+    let (deployments, deployments_writer) = reflector::store();
+    let (config_maps, config_maps_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (statefulsets, statefulsets_writer) = reflector::store();
+    let children = ChildStores { deployments, config_maps, services, statefulsets };
+    // The stores keep each child's last state; who manages which field is
+    // most of an object's size and nothing the reconciler reads.
+    fn strip_managed_fields<K: kube::Resource>(k: &mut K) {
+        k.meta_mut().managed_fields = None;
+    }
+    let ctx =
+        Arc::new(Context::new(client.clone(), opts.settings.clone(), metrics.clone(), recorder, children));
     info!(namespace = ns.as_deref().unwrap_or("(all)"), identity = %opts.identity, "Starting the Pipeline controller");
     // Bounded concurrency keeps memory flat when hundreds of Pipelines
     // arrive at once (each reconcile may hold Kafka requests in flight).
@@ -167,11 +182,42 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
         .with_config(config)
         .trigger_backoff(watch_backoff())
         .reconcile_on(futures::stream::select(recheck_rx, secret_changes))
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns_stream(
+            reflector(
+                deployments_writer,
+                watcher(api::<Deployment>(&client, ns), owned.clone()).modify(strip_managed_fields),
+            )
+            .backoff(watch_backoff())
+            .touched_objects(),
+        )
+        .owns_stream(
+            reflector(
+                config_maps_writer,
+                watcher(api::<PartialObjectMeta<ConfigMap>>(&client, ns), owned.clone())
+                    .modify(strip_managed_fields),
+            )
+            .backoff(watch_backoff())
+            .touched_objects(),
+        )
+        .owns_stream(
+            reflector(
+                services_writer,
+                watcher(api::<PartialObjectMeta<Service>>(&client, ns), owned.clone())
+                    .modify(strip_managed_fields),
+            )
+            .backoff(watch_backoff())
+            .touched_objects(),
+        )
         .owns(api::<PersistentVolumeClaim>(&client, ns), owned.clone())
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns_stream(
+            reflector(
+                statefulsets_writer,
+                watcher(api::<PartialObjectMeta<StatefulSet>>(&client, ns), owned.clone())
+                    .modify(strip_managed_fields),
+            )
+            .backoff(watch_backoff())
+            .touched_objects(),
+        )
         // Runner pods are owned by ReplicaSets: mapped to their Pipeline by
         // label, so a crash loop or a readiness change is reported at once.
         // A Model's serving version changes its Pipelines' ModelReady.

@@ -202,6 +202,26 @@ async fn real_k8s_drift_in_children_and_topic_config_is_corrected() {
     })
     .await;
 
+    // The operator does not re-apply children it applied and nobody changed
+    // since; one that someone deletes, or edits again, is still restored.
+    cms.delete("d-dashboard", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "the dashboard ConfigMap recreated", || async {
+        cms.get_opt("d-dashboard").await.ok()?.map(|_| ())
+    })
+    .await;
+    cms.patch(
+        "d-pipeline",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"pipeline.yaml": "hacked again"}})),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "config restored a second time", || async {
+        let cm = cms.get("d-pipeline").await.ok()?;
+        (cm.data?["pipeline.yaml"] != "hacked again").then_some(())
+    })
+    .await;
+
     // Someone changes the input topic's retention in Kafka.
     let admin = vigil_e2e::kafka::admin().unwrap();
     let in_topic = format!("{t}-in");
