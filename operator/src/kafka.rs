@@ -66,9 +66,18 @@ fn needs(e: RDKafkaErrorCode, operation: &str, topic: &str) -> String {
     }
 }
 
-/// An admin connection to one Kafka cluster.
+/// Admin clients per cluster. A broker answers one request per connection
+/// at a time, and creating a topic waits for the controller: with one
+/// connection, a burst of new Pipelines queued every topic creation and
+/// description behind the others.
+const ADMIN_CONNECTIONS: usize = 4;
+
+/// Admin connections to one Kafka cluster.
 pub struct Kafka {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// The first also fetches the shared metadata; requests about topics go
+    /// to each in turn.
+    admins: Vec<Arc<AdminClient<DefaultClientContext>>>,
+    next_admin: std::sync::atomic::AtomicUsize,
     /// The cluster refusing this connection's credentials, as last heard.
     refused: offsets::Refusals,
     config: ClientConfig,
@@ -110,7 +119,8 @@ impl Kafka {
             }
         };
         Ok(Kafka {
-            admin: Arc::new(c.create()?),
+            admins: (0..ADMIN_CONNECTIONS).map(|_| c.create().map(Arc::new)).collect::<Result<_, _>>()?,
+            next_admin: Default::default(),
             refused,
             config,
             offsets,
@@ -140,6 +150,12 @@ impl Kafka {
         }
     }
 
+    /// The next admin connection, in turn.
+    fn admin(&self) -> &AdminClient<DefaultClientContext> {
+        let i = self.next_admin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.admins[i % self.admins.len()]
+    }
+
     fn options() -> AdminOptions {
         AdminOptions::new().request_timeout(Some(TIMEOUT)).operation_timeout(Some(TIMEOUT))
     }
@@ -148,7 +164,7 @@ impl Kafka {
     pub async fn describe(&self, name: &str) -> Result<Option<Observed>, KafkaError> {
         let Some((partitions, replication_factor)) = self.shape(name).await? else { return Ok(None) };
         let results =
-            self.admin.describe_configs(&[ResourceSpecifier::Topic(name)], &Self::options()).await?;
+            self.admin().describe_configs(&[ResourceSpecifier::Topic(name)], &Self::options()).await?;
         let mut config = BTreeMap::new();
         for r in results {
             let r = r.map_err(|e| {
@@ -197,7 +213,7 @@ impl Kafka {
         }
         let started = Instant::now();
         // Off the async threads: the request blocks for up to TIMEOUT.
-        let admin = self.admin.clone();
+        let admin = self.admins[0].clone();
         let fetched = tokio::task::spawn_blocking(move || -> Result<Shapes, KafkaError> {
             let md = admin.inner().fetch_metadata(None, TIMEOUT)?;
             let mut shapes = HashMap::with_capacity(md.topics().len());
@@ -250,7 +266,7 @@ impl Kafka {
         for (k, v) in &spec.config {
             t = t.set(k, v);
         }
-        for r in self.admin.create_topics(&[t], &Self::options()).await? {
+        for r in self.admin().create_topics(&[t], &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, e)) => {
@@ -269,7 +285,7 @@ impl Kafka {
     pub async fn grow(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
         self.changed(&[name]);
         let np = NewPartitions::new(name, partitions.max(1) as usize);
-        for r in self.admin.create_partitions(&[np], &Self::options()).await? {
+        for r in self.admin().create_partitions(&[np], &Self::options()).await? {
             r.map_err(|(n, e)| {
                 KafkaError(format!(
                     "growing topic {n} to {partitions} partitions: {e}{}",
@@ -287,7 +303,7 @@ impl Kafka {
         for (k, v) in config {
             alter = alter.set(k, v);
         }
-        for r in self.admin.alter_configs(&[alter], &Self::options()).await? {
+        for r in self.admin().alter_configs(&[alter], &Self::options()).await? {
             r.map_err(|(_, e)| {
                 KafkaError(format!("configuring topic {name}: {e}{}", needs(e, "AlterConfigs", name)))
             })?;
@@ -298,7 +314,7 @@ impl Kafka {
     /// Delete topics; missing ones are fine.
     pub async fn delete(&self, names: &[&str]) -> Result<(), KafkaError> {
         self.changed(names);
-        for r in self.admin.delete_topics(names, &Self::options()).await? {
+        for r in self.admin().delete_topics(names, &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((name, e)) => return Err(KafkaError(format!("deleting topic {name}: {e}"))),
@@ -310,7 +326,7 @@ impl Kafka {
 
     /// Delete a consumer group; a missing group is fine.
     pub async fn delete_group(&self, group: &str) -> Result<(), KafkaError> {
-        for r in self.admin.delete_groups(&[group], &Self::options()).await? {
+        for r in self.admin().delete_groups(&[group], &Self::options()).await? {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
                 Err((g, e)) => return Err(KafkaError(format!("deleting consumer group {g}: {e}"))),
