@@ -252,6 +252,26 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
 
 /// Condition types whose status differs between two statuses, with the new
 /// condition: what Events are emitted for.
+/// The conditions that changed and deserve an Event. Left out: a
+/// condition's first appearance in a state every new Pipeline passes
+/// through (runners starting or rolling out, topics not checked yet), and
+/// `ReplicasCapped` saying nothing is capped. A healthy start then reads
+/// TopicsReady, RunnersReady and Ready turning True, with no Warnings; and
+/// a burst of new Pipelines costs the API server half the Events it did.
+pub fn eventful<'a>(old: Option<&PipelineStatus>, new: &'a PipelineStatus) -> Vec<&'a Condition> {
+    changed(old, new)
+        .into_iter()
+        .filter(|c| {
+            let first = !old.is_some_and(|o| o.conditions.iter().any(|p| p.type_ == c.type_));
+            let expected_start = first
+                && c.status != TRUE
+                && matches!(c.reason.as_str(), "RunnersNotReady" | "RollingOut" | "Pending");
+            let nothing_capped = c.type_ == "ReplicasCapped" && c.status != TRUE;
+            !(expected_start || nothing_capped || c.type_ == "Autoscaling")
+        })
+        .collect()
+}
+
 pub fn changed<'a>(old: Option<&PipelineStatus>, new: &'a PipelineStatus) -> Vec<&'a Condition> {
     new.conditions
         .iter()
@@ -293,6 +313,25 @@ mod tests {
 
     fn get<'a>(s: &'a PipelineStatus, ty: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == ty).unwrap()
+    }
+
+    #[test]
+    fn a_healthy_start_has_no_warning_events() {
+        let mut starting = ready_obs();
+        starting.ready_replicas = Some(0);
+        let first = compute(&starting, None, t("2026-11-28T10:00:00Z"));
+        let types: Vec<_> =
+            eventful(None, &first).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [("TopicsReady", "True")], "{:?}", first.conditions);
+        let running = compute(&ready_obs(), Some(&first), t("2026-11-28T10:00:05Z"));
+        let types: Vec<_> =
+            eventful(Some(&first), &running).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [("RunnersReady", "True"), ("Ready", "True")]);
+        // Runners that stop being ready later are worth a Warning.
+        let down = compute(&starting, Some(&running), t("2026-11-28T10:05:00Z"));
+        let types: Vec<_> =
+            eventful(Some(&running), &down).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [("RunnersReady", "False"), ("Ready", "False")]);
     }
 
     #[test]
