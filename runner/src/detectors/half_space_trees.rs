@@ -117,24 +117,7 @@ fn place(h: usize, depth: usize) -> (usize, usize) {
 impl Forest {
     fn new(trees: usize, depth: usize, dims: usize, seed: u64) -> Self {
         let nodes = (1usize << (depth + 1)) - 1;
-        let mut rng = Rng(seed);
-        // Grown in heap order (as before the blocked layout, so the same
-        // seed gives the same trees), then placed.
-        let mut heap_dim = vec![0u16; trees * nodes];
-        let mut heap_at = vec![0f32; trees * nodes];
-        for t in 0..trees {
-            // Each tree sees the unit cube through a random, enlarged workspace
-            // so splits are not all at the same places.
-            let mut lo = vec![0f64; dims];
-            let mut hi = vec![0f64; dims];
-            for d in 0..dims {
-                let s = rng.unit();
-                let r = 2.0 * s.max(1.0 - s);
-                lo[d] = s - r;
-                hi[d] = s + r;
-            }
-            Self::grow(&mut rng, t * nodes, 0, 0, depth, &mut lo, &mut hi, &mut heap_dim, &mut heap_at);
-        }
+        let (heap_dim, heap_at) = Self::heap_order(trees, depth, dims, seed);
         let blocks = place(nodes - 1, depth).0 + 1;
         let mut shape = Vec::with_capacity(trees * blocks);
         let mut split_dim = vec![0u16; trees * blocks * BLOCK];
@@ -161,6 +144,30 @@ impl Forest {
             shape.extend(tree_shape);
         }
         Forest { trees, depth, blocks, shape, split_dim, split_at }
+    }
+
+    /// The splits of every tree in heap order (node n's children at 2n+1
+    /// and 2n+2), grown as before the blocked layout so the same seed gives
+    /// the same trees.
+    fn heap_order(trees: usize, depth: usize, dims: usize, seed: u64) -> (Vec<u16>, Vec<f32>) {
+        let nodes = (1usize << (depth + 1)) - 1;
+        let mut rng = Rng(seed);
+        let mut heap_dim = vec![0u16; trees * nodes];
+        let mut heap_at = vec![0f32; trees * nodes];
+        for t in 0..trees {
+            // Each tree sees the unit cube through a random, enlarged workspace
+            // so splits are not all at the same places.
+            let mut lo = vec![0f64; dims];
+            let mut hi = vec![0f64; dims];
+            for d in 0..dims {
+                let s = rng.unit();
+                let r = 2.0 * s.max(1.0 - s);
+                lo[d] = s - r;
+                hi[d] = s + r;
+            }
+            Self::grow(&mut rng, t * nodes, 0, 0, depth, &mut lo, &mut hi, &mut heap_dim, &mut heap_at);
+        }
+        (heap_dim, heap_at)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -410,20 +417,7 @@ mod tests {
             let (trees, dims) = (3, 3);
             let f = Forest::new(trees, depth, dims, 42);
             let nodes = (1usize << (depth + 1)) - 1;
-            let mut heap_dim = vec![0u16; trees * nodes];
-            let mut heap_at = vec![0f32; trees * nodes];
-            let mut rng = Rng(42);
-            for t in 0..trees {
-                let mut lo = vec![0f64; dims];
-                let mut hi = vec![0f64; dims];
-                for d in 0..dims {
-                    let s = rng.unit();
-                    let r = 2.0 * s.max(1.0 - s);
-                    lo[d] = s - r;
-                    hi[d] = s + r;
-                }
-                Forest::grow(&mut rng, t * nodes, 0, 0, depth, &mut lo, &mut hi, &mut heap_dim, &mut heap_at);
-            }
+            let (heap_dim, heap_at) = Forest::heap_order(trees, depth, dims, 42);
             let mut seen = std::collections::HashSet::new();
             let mut points = Rng(9);
             for _ in 0..500 {
