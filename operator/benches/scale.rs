@@ -125,6 +125,33 @@ fn ready(p: &Pipeline) -> bool {
     })
 }
 
+/// An earlier run's namespaces are deleted in the background: the garbage
+/// collector removing its thousands of children would share the API server
+/// with this run's burst, so wait for them to be gone (up to a minute: a
+/// namespace whose Pipelines lost their operator before their finalizers
+/// ran stays until an operator runs there again).
+async fn wait_for_earlier_runs(client: &Client) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let started = Instant::now();
+    loop {
+        let left: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.into_iter().map(|n| n.name_any()).filter(|n| n.starts_with("bench-")).collect())
+            .unwrap_or_default();
+        if left.is_empty() || started.elapsed() > Duration::from_secs(60) {
+            if !left.is_empty() {
+                println!("earlier runs' namespaces still there after a minute, going on: {left:?}");
+            }
+            return;
+        }
+        if started.elapsed() < Duration::from_secs(2) {
+            println!("waiting for earlier runs' namespaces to be deleted: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let n = arg("--pipelines", 500) as usize;
@@ -132,6 +159,7 @@ async fn main() {
     let refresh_interval = arg("--refresh-interval", 60);
     let client = kube_client().await.unwrap();
     install_crds(&client).await.unwrap();
+    wait_for_earlier_runs(&client).await;
 
     // 1. One Pipeline, several times.
     let ns = TestNamespace::create(&client, "bench-one").await.unwrap();
