@@ -194,11 +194,16 @@ impl Context {
         lock(&self.applied).remove(key);
     }
 
-    /// The object `child` of the Pipeline `owner` as the watch last saw it,
+    /// The child `name` of the Pipeline `owner` as the watch last saw it,
     /// if this operator applied `body_hash` to it before and nobody changed
     /// it since: applying it again would change nothing.
-    pub fn unchanged_child<K: Child>(&self, owner: &str, child: &K, body_hash: u64) -> Option<K> {
-        let (namespace, name) = (child.meta().namespace.as_deref()?, child.meta().name.as_deref()?);
+    pub fn unchanged_child<K: Child>(
+        &self,
+        owner: &str,
+        namespace: &str,
+        name: &str,
+        body_hash: u64,
+    ) -> Option<K> {
         let current = K::observed(&self.children, namespace, name)?;
         let applied = lock(&self.applied);
         let last = applied.get(owner)?.get(&child_key::<K>(name))?;

@@ -560,12 +560,10 @@ async fn apply_child<K: Child>(ctx: &Context, p: &Pipeline, namespace: &str, obj
     let body = serde_json::to_vec(obj)
         .map(|b| std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(b))
         .ok();
-    let mut obj = obj.clone();
-    obj.meta_mut().namespace = Some(namespace.to_string());
-    if let Some(current) = body.and_then(|b| ctx.unchanged_child(&owner, &obj, b)) {
+    if let Some(current) = body.and_then(|b| ctx.unchanged_child(&owner, namespace, &name, b)) {
         return Ok(current);
     }
-    let applied = ctx.apply(namespace, &obj).await.map_err(|source| Error::ApplyChild {
+    let applied = ctx.apply(namespace, obj).await.map_err(|source| Error::ApplyChild {
         kind: kind_name::<K>(),
         name,
         source,
