@@ -8,6 +8,7 @@
 
 mod half_space_trees;
 pub mod likelihood;
+mod profile;
 mod robust_z;
 mod seasonal;
 mod sensor_z;

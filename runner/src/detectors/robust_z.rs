@@ -1,5 +1,5 @@
 //! `robustZ`: the default univariate detector, designed and tuned on the
-//! NAB corpus (`vigil eval`). Three signals, each in [0, 1]:
+//! NAB corpus (`vigil eval`). Five signals, each in [0, 1]:
 //!
 //! - **range novelty**: after a warm-up, a value beyond everything seen so
 //!   far by more than `GROW` of the observed range scores 1;
@@ -9,17 +9,26 @@
 //!   previous ones; when the range grows the bins are rebuilt from the last
 //!   `REPLAY` values;
 //! - **robust deviation**: the distance from the median of the last `window`
-//!   values, over a high quantile of such distances in the recent past.
+//!   values, over a high quantile of such distances in the recent past (a
+//!   spike like one seen before is still a spike);
+//! - **discords**, at two time scales: how far the latest stretch of the
+//!   series (means of 4 values, 16 of them; means of 8 values, 24 of them)
+//!   is from the nearest stretch in its recent past, against how far
+//!   stretches usually are (a streaming left matrix profile, `profile.rs`).
+//!   This finds changes of shape that no single value shows: a missing daily
+//!   peak, a slower rhythm, a burst of a kind not seen before.
 //!
 //! The score is the largest signal, reported only when no score above
-//! `REST_LEVEL` was reported in the previous `REST` records: an incident is
-//! flagged once, at its start, instead of on every record of it. Memory per
-//! key is bounded (see `bytes_per_key`).
+//! `REST_LEVEL` was reported in the previous `REST` records (growing with
+//! the series, to 1/25 of the records seen, at most `REST_MAX`): an incident
+//! is flagged once, at its start, instead of on every record of it. Memory
+//! per key is bounded (see `bytes_per_key`).
 
 use std::collections::{HashMap, VecDeque};
 
 use vigil_crds::DetectorParams;
 
+use super::profile::{LeftProfile, Shape};
 use super::{Contribution, Factory, Score, Scorer};
 
 /// Tunable constants (one set for every series; defaults tuned on NAB).
@@ -47,8 +56,16 @@ pub struct Params {
     pub deviations: usize,
     /// Weight of the robust deviation.
     pub deviation_weight: f64,
-    /// Records a reported alarm silences.
+    /// The discord profiles.
+    pub profiles: [Shape; 2],
+    /// Weight of the discord scores.
+    pub profile_weight: f64,
+    /// Records a reported alarm silences, at least.
     pub rest: usize,
+    /// The rest grows to this fraction of the records seen...
+    pub rest_fraction: f64,
+    /// ...up to this many records.
+    pub rest_max: usize,
     /// Scores at or above this start a rest period.
     pub rest_level: f64,
     /// Most distinct contexts the pattern model keeps.
@@ -63,7 +80,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             warmup: 100,
-            grow: 0.01,
+            grow: 0.005,
             replay: 2000,
             bins: 8,
             order: 1,
@@ -73,7 +90,14 @@ impl Default for Params {
             quantile: 0.999,
             deviations: 2000,
             deviation_weight: 1.0,
+            profiles: [
+                Shape { block: 4, len: 16, history: 1000, quantile: 0.9, past: 2000, min_past: 100 },
+                Shape { block: 8, len: 24, history: 500, quantile: 0.9, past: 2000, min_past: 100 },
+            ],
+            profile_weight: 1.0,
             rest: 200,
+            rest_fraction: 0.04,
+            rest_max: 1000,
             rest_level: DEFAULT_THRESHOLD,
             max_contexts: 20_000,
             decades: 3.5,
@@ -117,9 +141,13 @@ impl Factory for RobustZFactory {
     fn bytes_per_key(&self) -> usize {
         let p = &self.params;
         // Replay buffer, median window and deviation history (f32 each),
-        // and the pattern model's contexts (at most bins^order of them).
+        // the pattern model's contexts (at most bins^order of them) and the
+        // discord profiles.
         let contexts = (p.bins as usize).saturating_pow(p.order as u32).min(p.max_contexts);
-        (p.replay + p.window + p.deviations) * 4 + contexts * (48 + 4 * p.bins as usize) + 512
+        (p.replay + p.window + p.deviations) * 4
+            + contexts * (48 + 4 * p.bins as usize)
+            + p.profiles.iter().map(LeftProfile::bytes).sum::<usize>()
+            + 512
     }
 }
 
@@ -144,6 +172,7 @@ struct RobustZ {
     median: f64,
     deviations: VecDeque<f32>,
     scale: f64,
+    profiles: [LeftProfile; 2],
     since_alarm: usize,
 }
 
@@ -164,6 +193,7 @@ impl RobustZ {
             median: 0.0,
             deviations: VecDeque::new(),
             scale: 0.0,
+            profiles: p.profiles.map(LeftProfile::new),
             since_alarm: usize::MAX,
         }
     }
@@ -224,12 +254,12 @@ impl RobustZ {
         let mut score = 0.0;
         if self.window.len() >= 16 {
             if self.n % 16 == 0 || self.window.len() < self.p.window {
-                self.median = nth(&self.window, 0.5);
+                self.median = quantile(&self.window, 0.5);
             }
             let dev = (v - self.median).abs();
             if self.deviations.len() >= 64 {
                 if self.n % 128 == 0 || self.scale == 0.0 {
-                    self.scale = nth(&self.deviations, self.p.quantile);
+                    self.scale = quantile(&self.deviations, self.p.quantile);
                 }
                 score = if self.scale > 0.0 {
                     (dev / self.scale - 1.0).clamp(0.0, 1.0)
@@ -254,7 +284,7 @@ impl RobustZ {
 
 /// The `q` quantile of `xs`, with one scratch buffer per thread rather than
 /// one per key.
-fn nth(xs: &VecDeque<f32>, q: f64) -> f64 {
+pub(super) fn quantile(xs: &VecDeque<f32>, q: f64) -> f64 {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -285,13 +315,17 @@ impl Scorer for RobustZ {
         }
         let pattern = self.pattern_step(v) * self.p.pattern_weight;
         let deviation = self.deviation_step(v) * self.p.deviation_weight;
+        let discord =
+            self.profiles.iter_mut().map(|p| p.score(v)).fold(0.0, f64::max) * self.p.profile_weight;
         if self.replay.len() == self.p.replay {
             self.replay.pop_front();
         }
         self.replay.push_back(v as f32);
 
-        let raw = if novel { 1.0 } else { pattern.max(deviation).min(1.0) };
-        let resting = self.since_alarm < self.p.rest;
+        let raw = if novel { 1.0 } else { pattern.max(deviation).max(discord).min(1.0) };
+        let rest = ((self.n as f64 * self.p.rest_fraction) as usize)
+            .clamp(self.p.rest, self.p.rest_max.max(self.p.rest));
+        let resting = self.since_alarm < rest;
         let value = if self.n < self.p.warmup || (resting && !novel) { 0.0 } else { raw };
         if value >= self.p.rest_level {
             self.since_alarm = 0;
