@@ -318,6 +318,39 @@ fn eval_scores_a_labelled_corpus_in_the_nab_layout() {
     assert!(standard > 90.0, "a lone spike is found early: {stdout}");
 }
 
+/// The NAB corpus of the workplace's shared datasets, beside the checkout
+/// (`VIGIL_NAB` overrides).
+fn nab_corpus() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("VIGIL_NAB") {
+        return dir.into();
+    }
+    let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/nab");
+    if beside.exists() { beside } else { "/work/shared/datasets/nab".into() }
+}
+
+#[test]
+fn eval_on_nab_the_default_detector_scores_above_htm_at_its_shipped_threshold() {
+    let corpus = nab_corpus();
+    assert!(
+        corpus.join("labels/combined_windows.json").exists(),
+        "the NAB corpus is not at {} (set VIGIL_NAB to its directory)",
+        corpus.display()
+    );
+    let out = vigil(&["eval", "--corpus", corpus.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("58 files, 365558 rows, 116 windows"), "{stdout}");
+    // "standard  <tuned> <threshold> <at default> @ 0.80"
+    let row: Vec<f64> = stdout
+        .lines()
+        .find(|l| l.starts_with("standard"))
+        .map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect())
+        .expect("a standard row");
+    let (tuned, at_default) = (row[0], row[2]);
+    assert!(at_default >= 72.0, "NAB standard at the shipped threshold: {stdout}");
+    assert!(tuned >= at_default, "{stdout}");
+}
+
 #[test]
 fn eval_generates_the_multivariate_benchmark_and_detects_its_layout() {
     let dir = tempfile::tempdir().unwrap();

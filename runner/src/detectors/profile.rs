@@ -49,6 +49,8 @@ pub struct LeftProfile {
     /// Lags whose `qt` is current from the previous point.
     ready: usize,
     mask: usize,
+    /// Ring slots at full size.
+    full: usize,
     /// Points seen.
     t: usize,
     past: VecDeque<f32>,
@@ -63,16 +65,18 @@ impl LeftProfile {
         s.block = s.block.max(1);
         s.len = s.len.max(2);
         s.history = s.history.max(s.len);
-        let slots = (s.history + s.len + 1).next_power_of_two();
+        // Buffers grow with the series (a key seen a few times costs
+        // little), doubling up to their full size.
         LeftProfile {
             s,
             acc: 0.0,
             filled: 0,
-            x: vec![0.0; 2 * slots],
-            norms: vec![0.0; 2 * slots],
-            qt: vec![0.0; s.history + 1],
+            x: Vec::new(),
+            norms: Vec::new(),
+            qt: Vec::new(),
             ready: 0,
-            mask: slots - 1,
+            mask: 0,
+            full: (s.history + s.len + 1).next_power_of_two(),
             t: 0,
             past: VecDeque::new(),
             scale: 0.0,
@@ -119,12 +123,39 @@ impl LeftProfile {
         score
     }
 
+    /// Make room for point `t` and the `history + len` before it.
+    fn grow(&mut self, t: usize) {
+        let slots = (t + 1).next_power_of_two().clamp(16, self.full);
+        if !self.x.is_empty() && slots <= self.mask + 1 {
+            return;
+        }
+        let (old_mask, old_x, old_norms) =
+            (self.mask, std::mem::take(&mut self.x), std::mem::take(&mut self.norms));
+        let mask = slots - 1;
+        self.x = vec![0.0; 2 * slots];
+        self.norms = vec![0.0; 2 * slots];
+        if !old_x.is_empty() {
+            for p in t.saturating_sub(old_mask + 1)..t {
+                let (from, to) = (old_mask - (p & old_mask), mask - (p & mask));
+                for (new, old) in [(&mut self.x, &old_x), (&mut self.norms, &old_norms)] {
+                    new[to] = old[from];
+                    new[to + slots] = old[from];
+                }
+            }
+        }
+        self.mask = mask;
+        self.qt.resize(self.s.history.min(slots) + 1, 0.0);
+    }
+
     /// Add a point; the distance of the stretch ending at it to its nearest
     /// earlier neighbour, once one exists.
     fn push(&mut self, point: f64) -> Option<f64> {
         let len = self.s.len;
-        let slots = self.mask + 1;
         let t = self.t;
+        if self.x.is_empty() || (t > self.mask && self.mask + 1 < self.full) {
+            self.grow(t);
+        }
+        let slots = self.mask + 1;
         self.t += 1;
         // Points are stored newest-first, twice (at `at` and `at + slots`),
         // so point t - k sits at base + k for every k <= slots: the lags

@@ -92,7 +92,7 @@ impl Default for Params {
             deviation_weight: 1.0,
             profiles: [
                 Shape { block: 4, len: 16, history: 1000, quantile: 0.9, past: 2000, min_past: 100 },
-                Shape { block: 8, len: 24, history: 500, quantile: 0.9, past: 2000, min_past: 100 },
+                Shape { block: 8, len: 24, history: 480, quantile: 0.9, past: 2000, min_past: 100 },
             ],
             profile_weight: 1.0,
             rest: 200,
