@@ -16,7 +16,7 @@
 //! recomputed from scratch every `history` blocks so rounding cannot build
 //! up. Memory is bounded: see [`LeftProfile::bytes`].
 
-use std::collections::VecDeque;
+use super::robust_z::Calibrated;
 
 /// The shape of one profile.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +53,7 @@ pub struct LeftProfile {
     full: usize,
     /// Points seen.
     t: usize,
-    past: VecDeque<f32>,
-    scale: f64,
+    distances: Calibrated,
     /// Distances measured.
     measured: usize,
 }
@@ -78,8 +77,7 @@ impl LeftProfile {
             mask: 0,
             full: (s.history + s.len + 1).next_power_of_two(),
             t: 0,
-            past: VecDeque::new(),
-            scale: 0.0,
+            distances: Calibrated::new(s.past, s.quantile, s.min_past),
             measured: 0,
         }
     }
@@ -103,24 +101,7 @@ impl LeftProfile {
         self.filled = 0;
         let Some(distance) = self.push(mean) else { return 0.0 };
         self.measured += 1;
-        let mut score = 0.0;
-        if self.past.len() >= self.s.min_past {
-            if self.measured % 32 == 0 || self.scale == 0.0 {
-                self.scale = super::robust_z::quantile(&self.past, self.s.quantile);
-            }
-            score = if self.scale > 0.0 {
-                (distance / self.scale - 1.0).clamp(0.0, 1.0)
-            } else if distance > 0.0 {
-                1.0
-            } else {
-                0.0
-            };
-        }
-        if self.past.len() == self.s.past {
-            self.past.pop_front();
-        }
-        self.past.push_back(distance as f32);
-        score
+        self.distances.score(distance, self.measured, 32)
     }
 
     /// Make room for point `t` and the `history + len` before it.

@@ -170,8 +170,7 @@ struct RobustZ {
     model_hi: f64,
     window: VecDeque<f32>,
     median: f64,
-    deviations: VecDeque<f32>,
-    scale: f64,
+    deviations: Calibrated,
     profiles: [LeftProfile; 2],
     since_alarm: usize,
 }
@@ -191,8 +190,7 @@ impl RobustZ {
             model_hi: 0.0,
             window: VecDeque::new(),
             median: 0.0,
-            deviations: VecDeque::new(),
-            scale: 0.0,
+            deviations: Calibrated::new(p.deviations, p.quantile, 64),
             profiles: p.profiles.map(LeftProfile::new),
             since_alarm: usize::MAX,
         }
@@ -257,27 +255,52 @@ impl RobustZ {
                 self.median = quantile(&self.window, 0.5);
             }
             let dev = (v - self.median).abs();
-            if self.deviations.len() >= 64 {
-                if self.n % 128 == 0 || self.scale == 0.0 {
-                    self.scale = quantile(&self.deviations, self.p.quantile);
-                }
-                score = if self.scale > 0.0 {
-                    (dev / self.scale - 1.0).clamp(0.0, 1.0)
-                } else if dev > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                };
-            }
-            if self.deviations.len() == self.p.deviations {
-                self.deviations.pop_front();
-            }
-            self.deviations.push_back(dev as f32);
+            score = self.deviations.score(dev, self.n, 128);
         }
         if self.window.len() == self.p.window {
             self.window.pop_front();
         }
         self.window.push_back(v as f32);
+        score
+    }
+}
+
+/// A non-negative measure scored against a high quantile of its own recent
+/// past: 0 up to that quantile, rising to 1 at twice it.
+pub(super) struct Calibrated {
+    past: VecDeque<f32>,
+    keep: usize,
+    quantile: f64,
+    min: usize,
+    scale: f64,
+}
+
+impl Calibrated {
+    /// Keeps the last `keep` values; scores once `min` are kept.
+    pub(super) fn new(keep: usize, quantile: f64, min: usize) -> Self {
+        Calibrated { past: VecDeque::new(), keep: keep.max(1), quantile, min, scale: 0.0 }
+    }
+
+    /// Score `x` and remember it; the quantile is refreshed when `tick` is
+    /// a multiple of `every`.
+    pub(super) fn score(&mut self, x: f64, tick: usize, every: usize) -> f64 {
+        let mut score = 0.0;
+        if self.past.len() >= self.min {
+            if tick % every == 0 || self.scale == 0.0 {
+                self.scale = quantile(&self.past, self.quantile);
+            }
+            score = if self.scale > 0.0 {
+                (x / self.scale - 1.0).clamp(0.0, 1.0)
+            } else if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        if self.past.len() == self.keep {
+            self.past.pop_front();
+        }
+        self.past.push_back(x as f32);
         score
     }
 }
