@@ -35,6 +35,21 @@ pub struct Shape {
     pub min_past: usize,
 }
 
+impl Shape {
+    /// With `block` at least 1, `len` at least 2 and `history` at least `len`.
+    fn normalised(mut self) -> Self {
+        self.block = self.block.max(1);
+        self.len = self.len.max(2);
+        self.history = self.history.max(self.len);
+        self
+    }
+
+    /// Ring slots at full size: room for a stretch and its whole history.
+    fn full_slots(&self) -> usize {
+        (self.history + self.len + 1).next_power_of_two()
+    }
+}
+
 /// One series' profile state.
 pub struct LeftProfile {
     s: Shape,
@@ -59,11 +74,9 @@ pub struct LeftProfile {
 }
 
 impl LeftProfile {
-    /// An empty profile. `len` is at least 2 and `history` at least `len`.
-    pub fn new(mut s: Shape) -> Self {
-        s.block = s.block.max(1);
-        s.len = s.len.max(2);
-        s.history = s.history.max(s.len);
+    /// An empty profile (see [`Shape::normalised`]).
+    pub fn new(s: Shape) -> Self {
+        let s = s.normalised();
         // Buffers grow with the series (a key seen a few times costs
         // little), doubling up to their full size.
         LeftProfile {
@@ -75,7 +88,7 @@ impl LeftProfile {
             qt: Vec::new(),
             ready: 0,
             mask: 0,
-            full: (s.history + s.len + 1).next_power_of_two(),
+            full: s.full_slots(),
             t: 0,
             distances: Calibrated::new(s.past, s.quantile, s.min_past),
             measured: 0,
@@ -84,8 +97,8 @@ impl LeftProfile {
 
     /// Bytes one profile of this shape holds at most.
     pub fn bytes(s: &Shape) -> usize {
-        let slots = (s.history.max(s.len) + s.len.max(2) + 1).next_power_of_two();
-        slots * 32 + (s.history + 1) * 8 + s.past * 4 + 128
+        let s = s.normalised();
+        s.full_slots() * 32 + (s.history + 1) * 8 + s.past * 4 + 128
     }
 
     /// Take one value; the score of the stretch it completes (0 between
@@ -104,12 +117,10 @@ impl LeftProfile {
         self.distances.score(distance, self.measured, 32)
     }
 
-    /// Make room for point `t` and the `history + len` before it.
+    /// Make room for point `t` and the `history + len` before it (called
+    /// before the first point and when `t` outgrows a ring not yet full).
     fn grow(&mut self, t: usize) {
         let slots = (t + 1).next_power_of_two().clamp(16, self.full);
-        if !self.x.is_empty() && slots <= self.mask + 1 {
-            return;
-        }
         let (old_mask, old_x, old_norms) =
             (self.mask, std::mem::take(&mut self.x), std::mem::take(&mut self.norms));
         let mask = slots - 1;
