@@ -198,7 +198,6 @@ start() {
       "${mode_flags[@]}" --allow-privileged=true \
       --cert-dir="$DIR/cert-dir" \
       --enable-priority-and-fairness=false \
-      --storage-media-type=application/json \
       > "$DIR/logs/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$DIR/apiserver.pid"
   fi
