@@ -2,7 +2,7 @@
 //! delete topics, and read a consumer group's lag. Every call has a time
 //! bound, so an unreachable cluster is an error after seconds, not a hang.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,24 @@ pub struct Kafka {
     /// The cluster's topics, shared by the reconciles (see `shape`).
     metadata: Mutex<Metadata>,
     fetching: tokio::sync::Mutex<()>,
+    /// Topics to create in the next CreateTopics request.
+    creations: Arc<Mutex<Creations>>,
 }
+
+/// Topic creations asked for while one CreateTopics request is in flight:
+/// they go together in the next. Kafka's controller commits the topics of
+/// one request in one write to its metadata log, and handles requests one
+/// at a time; one request per topic bounded a burst of new Pipelines to
+/// about 32 topics a second (operator/BENCHMARKS.md).
+#[derive(Default)]
+struct Creations {
+    waiting: Vec<(TopicSpec, tokio::sync::oneshot::Sender<Result<(), KafkaError>>)>,
+    /// A task is sending them.
+    sending: bool,
+}
+
+/// Most topics in one CreateTopics request.
+const MOST_CREATIONS_PER_REQUEST: usize = 500;
 
 /// How old the shared topic metadata may be. Changes made by this operator
 /// are seen at once; changes made out of band within this delay.
@@ -126,6 +143,7 @@ impl Kafka {
             offsets,
             metadata: Mutex::new(Metadata { fetched: None, changed: HashMap::new() }),
             fetching: tokio::sync::Mutex::new(()),
+            creations: Arc::default(),
         })
     }
 
@@ -151,7 +169,7 @@ impl Kafka {
     }
 
     /// The next admin connection, in turn.
-    fn admin(&self) -> &AdminClient<DefaultClientContext> {
+    fn admin(&self) -> &Arc<AdminClient<DefaultClientContext>> {
         let i = self.next_admin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         &self.admins[i % self.admins.len()]
     }
@@ -258,27 +276,24 @@ impl Kafka {
         }
     }
 
-    /// Create a topic as specified.
+    /// Create a topic as specified; an existing topic is fine. Creations
+    /// asked for while a CreateTopics request is in flight are sent
+    /// together in the next one (`Creations`).
     pub async fn create(&self, spec: &TopicSpec) -> Result<(), KafkaError> {
         self.changed(&[&spec.name]);
-        let mut t =
-            NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
-        for (k, v) in &spec.config {
-            t = t.set(k, v);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_sending = {
+            let mut c = lock(&self.creations);
+            c.waiting.push((spec.clone(), tx));
+            !std::mem::replace(&mut c.sending, true)
+        };
+        if start_sending {
+            tokio::spawn(send_creations(self.admin().clone(), self.creations.clone()));
         }
-        for r in self.admin().create_topics(&[t], &Self::options()).await? {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, e)) => {
-                    return Err(KafkaError(format!(
-                        "creating topic {name}: {e}{}",
-                        needs(e, "Create", &name)
-                    )));
-                }
-            }
-        }
+        let created =
+            rx.await.unwrap_or_else(|_| Err(KafkaError(format!("creating topic {}: abandoned", spec.name))));
         self.changed(&[&spec.name]);
-        Ok(())
+        created
     }
 
     /// Grow a topic to `partitions`.
@@ -368,4 +383,62 @@ impl Kafka {
         .await
         .map_err(|e| KafkaError(format!("lag query failed: {e}")))?
     }
+}
+
+/// Send the waiting topic creations, as many as have accumulated per
+/// request, until none wait; each asker hears its topic's outcome.
+async fn send_creations(admin: Arc<AdminClient<DefaultClientContext>>, queue: Arc<Mutex<Creations>>) {
+    loop {
+        let batch: Vec<_> = {
+            let mut c = lock(&queue);
+            if c.waiting.is_empty() {
+                c.sending = false;
+                return;
+            }
+            let n = c.waiting.len().min(MOST_CREATIONS_PER_REQUEST);
+            c.waiting.drain(..n).collect()
+        };
+        let outcomes = create_topics(&admin, batch.iter().map(|(spec, _)| spec)).await;
+        for (spec, asker) in batch {
+            let outcome = match &outcomes {
+                Ok(failed) => failed.get(&spec.name).map_or(Ok(()), |e| Err(e.clone())),
+                Err(e) => Err(e.clone()),
+            };
+            // An asker that gave up (its reconcile was cancelled) is fine.
+            let _ = asker.send(outcome);
+        }
+    }
+}
+
+/// One CreateTopics request for these topics (a name asked for twice is
+/// sent once, as first asked: Kafka refuses a request naming a topic
+/// twice). The topics that failed, and why; an existing topic is no
+/// failure.
+async fn create_topics<'a>(
+    admin: &AdminClient<DefaultClientContext>,
+    specs: impl Iterator<Item = &'a TopicSpec>,
+) -> Result<HashMap<String, KafkaError>, KafkaError> {
+    let mut named = HashSet::new();
+    let topics: Vec<NewTopic> = specs
+        .filter(|spec| named.insert(spec.name.as_str()))
+        .map(|spec| {
+            let mut t =
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
+            for (k, v) in &spec.config {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let mut failed = HashMap::new();
+    for r in admin.create_topics(&topics, &Kafka::options()).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, e)) => {
+                let why = KafkaError(format!("creating topic {name}: {e}{}", needs(e, "Create", &name)));
+                failed.insert(name, why);
+            }
+        }
+    }
+    Ok(failed)
 }

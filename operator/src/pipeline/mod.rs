@@ -270,29 +270,35 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     let mut input_partitions = None;
     let mut problems = Vec::new();
     let mut checked_topics = Vec::new();
-    for (role, spec) in [
+    // The three topics at once: a new Pipeline's creations go in the
+    // same CreateTopics request (`Kafka::create`).
+    let roles = [
         (TopicRole::Input, &p.spec.input.topic),
         (TopicRole::Output, &p.spec.output),
         (TopicRole::DeadLetter, &p.spec.dead_letter),
-    ] {
-        let spec = &topics::desired(role, spec, &p.spec);
-        let outcome = async {
+    ];
+    let outcomes = futures::future::join_all(roles.map(|(role, spec)| {
+        let kafka = &kafka;
+        let spec = topics::desired(role, spec, &p.spec);
+        async move {
             let observed = kafka.describe(&spec.name).await?;
-            let plan = topics::plan(role, spec, observed.as_ref());
+            let plan = topics::plan(role, &spec, observed.as_ref());
             for a in &plan.actions {
                 info!(topic = %spec.name, action = ?a, "Changing topic");
             }
-            let mut st = topics::execute(&kafka, &plan).await?;
+            let mut st = topics::execute(kafka, &plan).await?;
             st.partitions = st.partitions.or(observed.as_ref().map(|o| o.partitions));
             Ok::<_, KafkaError>((plan, st))
         }
-        .await;
+    }))
+    .await;
+    for ((role, _), outcome) in roles.into_iter().zip(outcomes) {
         match outcome {
             Ok((plan, st)) => {
                 if role == TopicRole::Input {
                     input_partitions = st.partitions;
                 }
-                checked_topics.push((role, spec.clone(), st.clone()));
+                checked_topics.push((role, plan.spec.clone(), st.clone()));
                 problems.extend(plan.problems.iter().map(|pr| (pr.reason.to_string(), pr.message.clone())));
                 obs.topics.push(st);
             }
