@@ -292,13 +292,13 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         }
     }))
     .await;
-    for ((role, _), outcome) in roles.into_iter().zip(outcomes) {
+    for outcome in outcomes {
         match outcome {
             Ok((plan, st)) => {
-                if role == TopicRole::Input {
+                if plan.role == TopicRole::Input {
                     input_partitions = st.partitions;
                 }
-                checked_topics.push((role, plan.spec.clone(), st.clone()));
+                checked_topics.push((plan.role, plan.spec.clone(), st.clone()));
                 problems.extend(plan.problems.iter().map(|pr| (pr.reason.to_string(), pr.message.clone())));
                 obs.topics.push(st);
             }
