@@ -7,7 +7,9 @@
 //!    peak memory, and its CPU over a quiet minute afterwards.
 //!
 //! `cargo bench -p vigil-operator --bench scale [-- --pipelines N --idle-seconds S --refresh-interval S]`
-//! prints the figures recorded in operator/BENCHMARKS.md.
+//! prints the figures recorded in operator/BENCHMARKS.md. `VIGIL_BENCH_OPERATOR=path`
+//! runs another build of the operator (to compare two, run them in turns:
+//! this machine's speed drifts by a third between minutes).
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -42,7 +44,10 @@ spec:
 
 fn start_operator(namespace: &str, refresh_interval: u64) -> (Child, u16) {
     let port = vigil_e2e::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_vigil-operator"))
+    // Another build of the operator can be compared on the same harness.
+    let binary = std::env::var("VIGIL_BENCH_OPERATOR")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_vigil-operator").to_string());
+    let child = Command::new(binary)
         .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--kafka-bootstrap", vigil_e2e::kafka(), "--refresh-interval", &refresh_interval.to_string()])
         .env("KUBECONFIG", vigil_e2e::kubeconfig())
@@ -141,6 +146,35 @@ async fn play_kubelet_watching(client: Client, namespace: String) {
     }
 }
 
+/// The API server's request counts so far, by verb and resource
+/// (`apiserver_request_total` of its `/metrics`), to say which requests a
+/// burst of Pipelines costs.
+async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
+    let mut counts = std::collections::BTreeMap::new();
+    let request = hyper::http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let Ok(text) = client.request_text(request).await else { return counts };
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |key: &str| {
+            labels
+                .split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let sub = label("subresource");
+        let key = format!(
+            "{} {}{}",
+            label("verb"),
+            label("resource"),
+            if sub.is_empty() { sub } else { format!("/{sub}") }
+        );
+        *counts.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
 fn ready(p: &Pipeline) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.observed_generation == p.metadata.generation
@@ -229,6 +263,7 @@ async fn main() {
     let components = ["kube-apiserver", "etcd", "java", "kube-controller"];
     let component_cpu_before: Vec<f64> = components.iter().map(|c| cpu_of(c)).collect();
     let operator_cpu_before = proc_stats(pid).2;
+    let requests_before = api_requests(&client).await;
     let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     let prefix = unique_name("bench");
     let started = Instant::now();
@@ -278,6 +313,22 @@ async fn main() {
         reconciles / n as f64,
         reconciles / all_ready.as_secs_f64(),
         1000.0 * busy / reconciles.max(1.0)
+    );
+    let requests_after = api_requests(&client).await;
+    let mut per_pipeline: Vec<(String, f64)> = requests_after
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - requests_before.get(k).unwrap_or(&0.0)) / n as f64))
+        .filter(|(k, v)| *v >= 0.05 && !k.starts_with("WATCH"))
+        .collect();
+    per_pipeline.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let writes: f64 = per_pipeline
+        .iter()
+        .filter(|(k, _)| ["POST", "PUT", "PATCH", "APPLY", "DELETE"].iter().any(|v| k.starts_with(v)))
+        .map(|(_, v)| v)
+        .sum();
+    println!(
+        "API server requests per Pipeline during the burst ({writes:.1} writes): {}",
+        per_pipeline.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
     );
     let mut cpu = vec![format!("vigil-operator {:.1}", cpu_before - operator_cpu_before)];
     for (c, before) in components.iter().zip(&component_cpu_before) {

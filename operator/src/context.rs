@@ -44,6 +44,8 @@ pub struct ChildStores {
     pub services: Store<PartialObjectMeta<Service>>,
     /// History StatefulSets.
     pub statefulsets: Store<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>,
+    /// Runner pods (why runners are not ready, which model version they serve).
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
 }
 
 impl ChildStores {

@@ -123,7 +123,8 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
     let (config_maps, config_maps_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
     let (statefulsets, statefulsets_writer) = reflector::store();
-    let children = ChildStores { deployments, config_maps, services, statefulsets };
+    let (pods, pods_writer) = reflector::store();
+    let children = ChildStores { deployments, config_maps, services, statefulsets, pods };
     // The stores keep each child's last state; who manages which field is
     // most of an object's size and nothing the reconciler reads.
     fn strip_managed_fields<K: kube::Resource>(k: &mut K) {
@@ -237,11 +238,20 @@ pub async fn run(opts: Options, client: Client) -> Result<()> {
                     .collect::<Vec<_>>()
             }
         })
-        .watches(api::<Pod>(&client, ns), watch_config().labels(RUNNER_PODS), |pod: Pod| {
-            let name = pod.metadata.labels.as_ref()?.get("vigil.dev/pipeline")?.clone();
-            let namespace = pod.metadata.namespace.clone()?;
-            Some(kube::runtime::reflector::ObjectRef::<Pipeline>::new(&name).within(&namespace))
-        })
+        .watches_stream(
+            reflector(
+                pods_writer,
+                watcher(api::<Pod>(&client, ns), watch_config().labels(RUNNER_PODS))
+                    .modify(strip_managed_fields),
+            )
+            .backoff(watch_backoff())
+            .touched_objects(),
+            |pod: Pod| {
+                let name = pod.metadata.labels.as_ref()?.get("vigil.dev/pipeline")?.clone();
+                let namespace = pod.metadata.namespace.clone()?;
+                Some(kube::runtime::reflector::ObjectRef::<Pipeline>::new(&name).within(&namespace))
+            },
+        )
         .shutdown_on_signal()
         .run(pipeline::reconcile, pipeline::error_policy, ctx.clone())
         .for_each(|res| async move {

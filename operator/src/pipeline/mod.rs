@@ -419,7 +419,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     if !obs.paused && obs.ready_replicas.unwrap_or(0) < replicas {
         // Pods are watched: a restart or a readiness change reconciles.
         obs.runner_problem =
-            runners::inspect(&ctx.client, &namespace, &name, Some(&ds)).await.unwrap_or_else(|e| {
+            runners::inspect(&ctx.children.pods, &namespace, &name, Some(&ds)).await.unwrap_or_else(|e| {
                 warn!(pipeline = %key(p), error = %e, "Cannot list the runner pods");
                 None
             });
@@ -434,7 +434,7 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
 
     // What the runners actually serve (hot reloads included).
     if p.spec.detector.model_ref.is_some() {
-        obs.model_version = runners::served_model_version(&ctx.client, &namespace, &name).await;
+        obs.model_version = runners::served_model_version(&ctx.children.pods, &namespace, &name).await;
     }
 
     let st = write_status(ctx, &api, p, &obs).await?;

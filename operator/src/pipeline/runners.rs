@@ -13,7 +13,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_crds::kafka_access::AccessProblem;
 
@@ -180,15 +181,16 @@ pub fn diagnose(
 }
 
 /// Pods of a Pipeline's runners, with the `/status` of those that run but
-/// are not ready, then `diagnose`.
+/// are not ready, then `diagnose`. The pods come from the operator's watch
+/// of runner pods (`ChildStores::pods`): a list per reconcile was a read
+/// of etcd for every Pipeline whose runners were starting.
 pub async fn inspect(
-    client: &kube::Client,
+    pods: &Store<Pod>,
     namespace: &str,
     pipeline: &str,
     deployment: Option<&DeploymentStatus>,
-) -> Result<Option<Problem>, kube::Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = api.list(&ListParams::default().labels(&pod_selector(pipeline))).await?.items;
+) -> Result<Option<Problem>, kube::runtime::reflector::store::WriterDropped> {
+    let pods = pods_of(pods, namespace, pipeline).await?;
     let mut statuses = BTreeMap::new();
     for pod in &pods {
         let Some(c) = runner_container(pod) else { continue };
@@ -203,16 +205,31 @@ pub async fn inspect(
     Ok(diagnose(&pods, deployment, &statuses, Timestamp::now()))
 }
 
-/// The label selector of a Pipeline's runner pods.
-fn pod_selector(pipeline: &str) -> String {
-    super::children::selector(pipeline).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+/// The runner pods of one Pipeline, from the watch's store (once it has
+/// listed them all).
+async fn pods_of(
+    store: &Store<Pod>,
+    namespace: &str,
+    pipeline: &str,
+) -> Result<Vec<Pod>, kube::runtime::reflector::store::WriterDropped> {
+    store.wait_until_ready().await?;
+    let selector = super::children::selector(pipeline);
+    Ok(store
+        .state()
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .map(|p| (**p).clone())
+        .collect())
 }
 
 /// The model version the ready runner pods serve (from their `/status`);
 /// the lowest when they differ (during a switch).
-pub async fn served_model_version(client: &kube::Client, namespace: &str, pipeline: &str) -> Option<i64> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = api.list(&ListParams::default().labels(&pod_selector(pipeline))).await.ok()?.items;
+pub async fn served_model_version(store: &Store<Pod>, namespace: &str, pipeline: &str) -> Option<i64> {
+    let pods = pods_of(store, namespace, pipeline).await.ok()?;
     let mut versions = Vec::new();
     for pod in &pods {
         if runner_container(pod).is_some_and(|c| c.ready) {

@@ -254,12 +254,15 @@ pub fn compute(obs: &Observation, previous: Option<&PipelineStatus>, now: Time) 
 /// condition: what Events are emitted for.
 /// The conditions that changed and deserve an Event. Left out: a
 /// condition's first appearance in a state every new Pipeline passes
-/// through (runners starting or rolling out, topics not checked yet), and
-/// `ReplicasCapped` saying nothing is capped. A healthy start then reads
-/// TopicsReady, RunnersReady and Ready turning True, with no Warnings; and
-/// a burst of new Pipelines costs the API server half the Events it did.
+/// through (runners starting or rolling out, topics not checked yet),
+/// `ReplicasCapped` saying nothing is capped, and what the `Ready` Event of
+/// the same change already says (Ready turning True says every other
+/// condition holds; Ready turning False names the condition that does not,
+/// with its reason and message). A healthy start then reads TopicsReady and
+/// Ready turning True, with no Warnings; and a burst of new Pipelines costs
+/// the API server a third of the Events it once did.
 pub fn eventful<'a>(old: Option<&PipelineStatus>, new: &'a PipelineStatus) -> Vec<&'a Condition> {
-    changed(old, new)
+    let changes: Vec<&Condition> = changed(old, new)
         .into_iter()
         .filter(|c| {
             let first = !old.is_some_and(|o| o.conditions.iter().any(|p| p.type_ == c.type_));
@@ -268,6 +271,23 @@ pub fn eventful<'a>(old: Option<&PipelineStatus>, new: &'a PipelineStatus) -> Ve
                 && matches!(c.reason.as_str(), "RunnersNotReady" | "RollingOut" | "Pending");
             let nothing_capped = c.type_ == "ReplicasCapped" && c.status != TRUE;
             !(expected_start || nothing_capped || c.type_ == "Autoscaling")
+        })
+        .collect();
+    let Some(ready) = changes.iter().find(|c| c.type_ == "Ready").copied() else { return changes };
+    changes
+        .into_iter()
+        .filter(|c| {
+            if c.type_ == "Ready" {
+                return true;
+            }
+            let said_by_ready = if ready.status == TRUE {
+                c.status == TRUE && c.type_.ends_with("Ready")
+            } else {
+                c.status != TRUE
+                    && c.reason == ready.reason
+                    && ready.message.starts_with(&format!("{}: ", c.type_))
+            };
+            !said_by_ready
         })
         .collect()
 }
@@ -326,12 +346,23 @@ mod tests {
         let running = compute(&ready_obs(), Some(&first), t("2026-11-28T10:00:05Z"));
         let types: Vec<_> =
             eventful(Some(&first), &running).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
-        assert_eq!(types, [("RunnersReady", "True"), ("Ready", "True")]);
-        // Runners that stop being ready later are worth a Warning.
+        assert_eq!(types, [("Ready", "True")], "RunnersReady turning True is what Ready says");
+        // Runners that stop being ready later are worth a Warning, once:
+        // Ready's names them, with their reason.
         let down = compute(&starting, Some(&running), t("2026-11-28T10:05:00Z"));
+        let events = eventful(Some(&running), &down);
+        let types: Vec<_> = events.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [("Ready", "False")]);
+        assert_eq!(events[0].reason, get(&down, "RunnersReady").reason);
+        assert!(events[0].message.starts_with("RunnersReady: "), "{}", events[0].message);
+        // A second condition failing in the same change keeps its own Event.
+        let mut worse = starting.clone();
+        worse.topics_problem = Some(("KafkaUnavailable".into(), "broker down".into()));
+        let both = compute(&worse, Some(&running), t("2026-11-28T10:05:00Z"));
         let types: Vec<_> =
-            eventful(Some(&running), &down).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
-        assert_eq!(types, [("RunnersReady", "False"), ("Ready", "False")]);
+            eventful(Some(&running), &both).iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types.len(), 2, "{types:?}");
+        assert!(types.contains(&("Ready", "False")), "{types:?}");
     }
 
     #[test]
