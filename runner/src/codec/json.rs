@@ -21,8 +21,30 @@ pub enum JsonError {
     TooManyFields(#[from] TooManyFields),
 }
 
+mod fast;
+
 /// Decode one JSON object into `out` (cleared first).
+///
+/// Records as producers write them (no escapes in strings, integers of at
+/// most 18 digits) take a direct path (`fast`); anything else, and every
+/// error, goes through serde_json (`decode_with_serde`), so the two accept
+/// the same records and the errors read the same. The fuzz target
+/// `json_decode` and the tests below compare them.
 pub fn decode(
+    bytes: &[u8],
+    interner: &mut Interner,
+    out: &mut Vec<(FieldId, Value)>,
+) -> Result<(), JsonError> {
+    if fast::decode(bytes, interner, out) {
+        return Ok(());
+    }
+    decode_with_serde(bytes, interner, out)
+}
+
+/// `decode` through serde_json only: the reference the direct path is
+/// compared with.
+#[doc(hidden)]
+pub fn decode_with_serde(
     bytes: &[u8],
     interner: &mut Interner,
     out: &mut Vec<(FieldId, Value)>,
@@ -296,6 +318,135 @@ pub fn write_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a decoder made of `src`: the fields by name (floats by their
+    /// Debug form, so -0.0 and 0.0 differ), or the error.
+    fn outcome(src: &[u8], serde_only: bool) -> String {
+        let mut i = Interner::default();
+        let mut out = Vec::new();
+        let r =
+            if serde_only { decode_with_serde(src, &mut i, &mut out) } else { decode(src, &mut i, &mut out) };
+        match r {
+            Ok(()) => out.iter().map(|(f, v)| format!("{}={v:?};", i.name(*f))).collect(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    fn same_as_serde(src: &[u8]) {
+        assert_eq!(outcome(src, false), outcome(src, true), "{}", String::from_utf8_lossy(src));
+    }
+
+    #[test]
+    fn the_direct_path_decodes_as_serde_json_does() {
+        let cases: &[&[u8]] = &[
+            br#"{"ts":1764000000000,"key":"k42","f1":0.123456,"f2":-3.5e-7,"f3":12,"f4":-0.0}"#,
+            br#" { "a" : 1 , "b" : [ ] , "c" : { } , "d" : [1,[2,[3]]], "e": {"x": {"y": null}} } "#,
+            br#"{"a":-0}"#,
+            br#"{"a":0}"#,
+            br#"{"a":-1}"#,
+            br#"{"a":999999999999999999}"#,
+            br#"{"a":-999999999999999999}"#,
+            br#"{"a":9999999999999999999}"#,
+            br#"{"a":18446744073709551616}"#,
+            br#"{"a":-9223372036854775808}"#,
+            br#"{"a":1e400}"#,
+            br#"{"a":-1e400}"#,
+            br#"{"a":1e-400}"#,
+            br#"{"a":2.2250738585072011e-308}"#,
+            br#"{"a":4.9e-324}"#,
+            br#"{"a":0.1000000000000000055511151231257827021181583404541015625}"#,
+            br#"{"a":1.7976931348623157e308}"#,
+            br#"{"a":1E5,"b":1e+5,"c":1e-5,"d":0e0,"e":0.0}"#,
+            br#"{"a":01}"#,
+            br#"{"a":1.}"#,
+            br#"{"a":.5}"#,
+            br#"{"a":+1}"#,
+            br#"{"a":1e}"#,
+            br#"{"a":--1}"#,
+            br#"{"a":1x}"#,
+            br#"{"a":truex}"#,
+            br#"{"a":tru}"#,
+            br#"{"a":nul}"#,
+            br#"{"a":false,"b":true,"c":null}"#,
+            br#"{"a":"x\"y","b":"\u00e9\ud83d\ude00"}"#,
+            b"{\"a\":\"tab\tinside\"}",
+            "{\"caf\u{e9}\":\"\u{1F600}\"}".as_bytes(),
+            b"{\"a\":\"\xff\"}",
+            b"{\"\xc3\":1}",
+            br#"{"a":1,}"#,
+            br#"{"a":1 "b":2}"#,
+            br#"{"a" 1}"#,
+            br#"{a:1}"#,
+            br#"{"a":1}}"#,
+            br#"{"a":1} x"#,
+            b"{\"a\":1}\n",
+            b"\t{\"a\":1}\r\n",
+            br#"{"a":[1,]}"#,
+            br#"{"a":{"b":1,}}"#,
+            br#"{"a":1,"a":2,"b":3,"a":4}"#,
+            br#"{"a":{"k":1,"k":2}}"#,
+            br#"[1,2]"#,
+            br#""x""#,
+            br#"{}"#,
+            b"",
+            b"{",
+            br#"{"a":"#,
+            br#"{"a":"unterminated"#,
+            br#"{"a":[1,2"#,
+        ];
+        for c in cases {
+            same_as_serde(c);
+        }
+        let deep = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+        for n in [98, 99, 100, 126, 127, 128, 200] {
+            same_as_serde(deep(n).as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Numbers in the range of the direct path's exact shortcut and
+        /// just past it: the same double, to the bit, as serde_json's.
+        #[test]
+        fn numbers_decode_to_the_same_double(
+            number in r"-?(0|[1-9][0-9]{0,16})(\.[0-9]{1,17})?([eE][+-]?[0-9]{1,2})?",
+        ) {
+            same_as_serde(format!("{{\"x\":{number}}}").as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        /// Records built from JSON's grammar, with the awkward corners
+        /// (escapes, long and negative numbers, exponents, nesting, stray
+        /// bytes) turned up, decode the same both ways.
+        #[test]
+        fn direct_and_serde_agree_on_generated_records(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    r"-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+                    r#""[a-z\\"é😀]{0,6}""#,
+                    proptest::strategy::Just("true".to_string()),
+                    proptest::strategy::Just("null".to_string()),
+                    r"\[(-?[0-9]{1,3}, ?){0,3}\]",
+                    r#"\{("[a-z]{1,2}": ?[0-9.e-]{1,4}, ?){0,2}\}"#,
+                    "[ -~]{1,3}",
+                ],
+                0..8,
+            ),
+            spaces in "[ \t\n]{0,2}",
+        ) {
+            let mut src = String::from("{");
+            for (n, part) in parts.iter().enumerate() {
+                if n > 0 {
+                    src.push(',');
+                    src.push_str(&spaces);
+                }
+                src.push_str(&format!("\"f{}\":{spaces}{part}", n % 5));
+            }
+            src.push('}');
+            same_as_serde(src.as_bytes());
+        }
+    }
 
     fn roundtrip(src: &str) -> String {
         let mut i = Interner::default();
