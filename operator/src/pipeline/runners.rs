@@ -189,7 +189,7 @@ pub async fn inspect(
     namespace: &str,
     pipeline: &str,
     deployment: Option<&DeploymentStatus>,
-) -> Result<Option<Problem>, kube::runtime::reflector::store::WriterDropped> {
+) -> Result<Option<Problem>, PodsUnknown> {
     let pods = pods_of(pods, namespace, pipeline).await?;
     let mut statuses = BTreeMap::new();
     for pod in &pods {
@@ -205,14 +205,32 @@ pub async fn inspect(
     Ok(diagnose(&pods, deployment, &statuses, Timestamp::now()))
 }
 
-/// The runner pods of one Pipeline, from the watch's store (once it has
-/// listed them all).
-async fn pods_of(
-    store: &Store<Pod>,
-    namespace: &str,
-    pipeline: &str,
-) -> Result<Vec<Pod>, kube::runtime::reflector::store::WriterDropped> {
-    store.wait_until_ready().await?;
+/// Why the runner pods are not known.
+#[derive(Debug, thiserror::Error)]
+pub enum PodsUnknown {
+    /// The watch has not listed the pods yet: it cannot reach the API
+    /// server, or is not allowed to list pods (the operator's Role).
+    #[error(
+        "the watch of runner pods has not listed them after {0:?} (can the operator list and watch pods?)"
+    )]
+    NotListed(Duration),
+    /// The watch is gone (the operator is stopping).
+    #[error("the watch of runner pods stopped")]
+    Stopped,
+}
+
+/// How long a reconcile waits for the pod watch's first listing.
+const POD_LIST_WAIT: Duration = Duration::from_secs(5);
+
+/// The runner pods of one Pipeline, from the watch's store, once it has
+/// listed them all; a reconcile does not wait for that past
+/// `POD_LIST_WAIT` (it reports the runners without the pods' reasons).
+async fn pods_of(store: &Store<Pod>, namespace: &str, pipeline: &str) -> Result<Vec<Pod>, PodsUnknown> {
+    match tokio::time::timeout(POD_LIST_WAIT, store.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(PodsUnknown::Stopped),
+        Err(_) => return Err(PodsUnknown::NotListed(POD_LIST_WAIT)),
+    }
     let selector = super::children::selector(pipeline);
     Ok(store
         .state()
