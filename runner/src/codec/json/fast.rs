@@ -39,36 +39,24 @@ pub(super) fn decode(bytes: &[u8], interner: &mut Interner, out: &mut Vec<(Field
     if !p.eat(b'{') {
         return false;
     }
-    p.ws();
-    if !p.eat(b'}') {
+    if !p.empty(b'}') {
         let mut position = 0;
         loop {
-            if !p.eat(b'"') {
-                return false;
-            }
-            let Some(name) = p.string() else { return false };
+            let Some(name) = p.member_name() else { return false };
             // Interned before the value is read, as serde's visitor does.
             let Ok(id) = interner.intern_at(position, name) else { return false };
             position += 1;
-            p.ws();
-            if !p.eat(b':') {
-                return false;
-            }
-            p.ws();
             let Some(value) = p.value(1) else { return false };
             // Duplicate names: the last one wins, as in most JSON readers.
             match out.iter_mut().find(|(f, _)| *f == id) {
                 Some(slot) => slot.1 = value,
                 None => out.push((id, value)),
             }
-            p.ws();
-            if p.eat(b'}') {
-                break;
+            match p.next(b'}') {
+                Some(true) => break,
+                Some(false) => {}
+                None => return false,
             }
-            if !p.eat(b',') {
-                return false;
-            }
-            p.ws();
         }
     }
     p.ws();
@@ -88,6 +76,44 @@ impl<'a> Parser<'a> {
         let hit = self.b.get(self.i) == Some(&c);
         self.i += usize::from(hit);
         hit
+    }
+
+    /// Just inside an opening bracket: whether `close` follows at once
+    /// (the container is empty), past the whitespace.
+    #[inline]
+    fn empty(&mut self, close: u8) -> bool {
+        self.ws();
+        self.eat(close)
+    }
+
+    /// After an element: `Some(true)` at `close`, `Some(false)` past a
+    /// comma (and the whitespace after it), `None` at anything else.
+    #[inline]
+    fn next(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        if self.eat(close) {
+            return Some(true);
+        }
+        if !self.eat(b',') {
+            return None;
+        }
+        self.ws();
+        Some(false)
+    }
+
+    /// A member's name and the colon after it, up to its value.
+    #[inline]
+    fn member_name(&mut self) -> Option<&'a str> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let name = self.string()?;
+        self.ws();
+        if !self.eat(b':') {
+            return None;
+        }
+        self.ws();
+        Some(name)
     }
 
     /// The rest of a string after its opening quote, if it has no escape
@@ -116,49 +142,29 @@ impl<'a> Parser<'a> {
             b'[' if depth < MAX_DEPTH => {
                 self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.eat(b']') {
-                    return Some(Value::List(items));
-                }
-                loop {
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    if self.eat(b']') {
-                        return Some(Value::List(items));
+                if !self.empty(b']') {
+                    loop {
+                        items.push(self.value(depth + 1)?);
+                        if self.next(b']')? {
+                            break;
+                        }
                     }
-                    if !self.eat(b',') {
-                        return None;
-                    }
-                    self.ws();
                 }
+                Some(Value::List(items))
             }
             b'{' if depth < MAX_DEPTH => {
                 self.i += 1;
                 let mut fields: Vec<(Box<str>, Value)> = Vec::with_capacity(8);
-                self.ws();
-                if self.eat(b'}') {
-                    return Some(Value::Map(fields));
+                if !self.empty(b'}') {
+                    loop {
+                        let name = self.member_name()?;
+                        fields.push((name.into(), self.value(depth + 1)?));
+                        if self.next(b'}')? {
+                            break;
+                        }
+                    }
                 }
-                loop {
-                    if !self.eat(b'"') {
-                        return None;
-                    }
-                    let name = self.string()?;
-                    self.ws();
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    self.ws();
-                    fields.push((name.into(), self.value(depth + 1)?));
-                    self.ws();
-                    if self.eat(b'}') {
-                        return Some(Value::Map(fields));
-                    }
-                    if !self.eat(b',') {
-                        return None;
-                    }
-                    self.ws();
-                }
+                Some(Value::Map(fields))
             }
             _ => None,
         }
@@ -189,7 +195,6 @@ impl<'a> Parser<'a> {
         let mut i = start;
         let negative = b.get(i) == Some(&b'-');
         i += usize::from(negative);
-        let digits_start = i;
         // The significant digits as an integer while it stays exact.
         let mut mantissa: u64 = 0;
         let mut digits = 0u32;
@@ -204,7 +209,6 @@ impl<'a> Parser<'a> {
             }
             _ => return None,
         }
-        let digits_end = i;
         let mut float = false;
         let mut exponent: i64 = 0;
         if b.get(i) == Some(&b'.') {
@@ -244,7 +248,8 @@ impl<'a> Parser<'a> {
         }
         self.i = i;
         if !float {
-            if digits_end - digits_start > 18 {
+            // `digits` counts the integer's digits here (none for a 0).
+            if digits > 18 {
                 return None;
             }
             let n = mantissa as i64;
