@@ -38,6 +38,7 @@ const WARMUP: usize = 500;
 const NORMS_FIRST: usize = 50;
 /// Forgetting factor of the regressions (memory ~ 1 / (1 - LAMBDA) records).
 const LAMBDA: f64 = 0.9995;
+const INV_LAMBDA: f64 = 1.0 / LAMBDA;
 /// Smoothing of the input means and deviations.
 const NORM_ALPHA: f64 = 1.0 / 2000.0;
 /// Records over which the channels' recent past is smoothed.
@@ -126,25 +127,37 @@ impl Regression {
 
     /// One weighted RLS step (weight in (0, 1]), given the error of the
     /// prediction for `u`.
+    ///
+    /// The n x n update is the hot loop of `sensorZ` (four channels: four
+    /// 7 x 7 matrices a record), so it multiplies by the two reciprocals
+    /// instead of dividing each element by them. `P` stays exactly
+    /// symmetric: each element's correction is `(pu_i * pu_j) / denom`, and
+    /// that product is the same either way round.
     fn learn(&mut self, u: &[f64], err: f64, weight: f64, pu: &mut [f64]) {
         let n = self.w.len();
-        for i in 0..n {
-            pu[i] = (0..n).map(|j| self.p[i * n + j] * u[j]).sum();
+        let pu = &mut pu[..n];
+        for (row, out) in self.p.chunks_exact(n).zip(pu.iter_mut()) {
+            *out = row.iter().zip(u).map(|(p, u)| p * u).sum();
         }
         let denom = LAMBDA / weight + u.iter().zip(pu.iter()).map(|(a, b)| a * b).sum::<f64>();
         if !(denom.is_finite() && denom > 1e-12) {
             return;
         }
-        for i in 0..n {
-            self.w[i] += pu[i] / denom * err;
+        let gain = err / denom;
+        for (w, p) in self.w.iter_mut().zip(pu.iter()) {
+            *w += p * gain;
         }
-        for i in 0..n {
-            for j in 0..n {
-                self.p[i * n + j] = (self.p[i * n + j] - pu[i] * pu[j] / denom) / LAMBDA;
+        let inv_denom = 1.0 / denom;
+        let mut wound_up = false;
+        for (i, row) in self.p.chunks_exact_mut(n).enumerate() {
+            let pi = pu[i];
+            for (p, pj) in row.iter_mut().zip(pu.iter()) {
+                *p = (*p - pi * pj * inv_denom) * INV_LAMBDA;
             }
+            wound_up |= row[i] > 1e4;
         }
         // Wind-up guard: inputs that stop varying make P grow without end.
-        if (0..n).any(|i| self.p[i * n + i] > 1e4) {
+        if wound_up {
             for v in &mut self.p {
                 *v *= 0.5;
             }
