@@ -307,20 +307,41 @@ impl Calibrated {
 
 /// The `q` quantile of `xs`, with one scratch buffer per thread rather than
 /// one per key.
+///
+/// The values are selected as integers that sort as `f32::total_cmp` does
+/// (`order_key`): the same value is picked, with one integer comparison
+/// each time instead of two conversions and a comparison. The selections of
+/// `robustZ` and its discord signal were 7-8 % of a run.
 pub(super) fn quantile(xs: &VecDeque<f32>, q: f64) -> f64 {
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.clear();
-        scratch.extend(xs.iter().copied());
+        let (a, b) = xs.as_slices();
+        scratch.extend(a.iter().chain(b).map(|x| order_key(*x)));
         if scratch.is_empty() {
             return 0.0;
         }
         let k = ((scratch.len() - 1) as f64 * q) as usize;
-        let (_, v, _) = scratch.select_nth_unstable_by(k, f32::total_cmp);
-        *v as f64
+        let (_, v, _) = scratch.select_nth_unstable(k);
+        from_order_key(*v) as f64
     })
+}
+
+/// `x`'s bits, mapped so that unsigned order is `f32::total_cmp`'s order:
+/// negatives (sign bit set) are inverted, so larger magnitudes come first;
+/// positives get the sign bit, so they follow every negative.
+#[inline]
+fn order_key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits >> 31 == 1 { !bits } else { bits | 1 << 31 }
+}
+
+/// The inverse of [`order_key`].
+#[inline]
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & !(1 << 31) } else { !k })
 }
 
 impl Scorer for RobustZ {
@@ -369,6 +390,42 @@ impl Scorer for RobustZ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_keys_sort_as_total_cmp_and_invert() {
+        let mut xs = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-45,
+            -1e-45,
+            3.5,
+            -3.5,
+            0.1,
+            -0.1,
+        ];
+        for x in &xs {
+            assert_eq!(from_order_key(order_key(*x)).to_bits(), x.to_bits(), "{x}");
+        }
+        let mut by_key = xs.clone();
+        by_key.sort_by_key(|x| order_key(*x));
+        xs.sort_by(f32::total_cmp);
+        assert_eq!(
+            by_key.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        let window: VecDeque<f32> = [5.0, -2.0, 9.0, 1.0, 7.0].into();
+        assert_eq!(quantile(&window, 0.5), 5.0);
+        assert_eq!(quantile(&window, 0.0), -2.0);
+        assert_eq!(quantile(&window, 1.0), 9.0);
+    }
 
     #[test]
     fn a_spike_in_noise_scores_high_and_says_what_was_expected() {
