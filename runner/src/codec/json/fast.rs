@@ -39,25 +39,22 @@ pub(super) fn decode(bytes: &[u8], interner: &mut Interner, out: &mut Vec<(Field
     if !p.eat(b'{') {
         return false;
     }
-    if !p.empty(b'}') {
-        let mut position = 0;
-        loop {
-            let Some(name) = p.member_name() else { return false };
-            // Interned before the value is read, as serde's visitor does.
-            let Ok(id) = interner.intern_at(position, name) else { return false };
-            position += 1;
-            let Some(value) = p.value(1) else { return false };
-            // Duplicate names: the last one wins, as in most JSON readers.
-            match out.iter_mut().find(|(f, _)| *f == id) {
-                Some(slot) => slot.1 = value,
-                None => out.push((id, value)),
-            }
-            match p.next(b'}') {
-                Some(true) => break,
-                Some(false) => {}
-                None => return false,
-            }
+    let mut position = 0;
+    let members = p.elements(b'}', |p| {
+        let name = p.member_name()?;
+        // Interned before the value is read, as serde's visitor does.
+        let id = interner.intern_at(position, name).ok()?;
+        position += 1;
+        let value = p.value(1)?;
+        // Duplicate names: the last one wins, as in most JSON readers.
+        match out.iter_mut().find(|(f, _)| *f == id) {
+            Some(slot) => slot.1 = value,
+            None => out.push((id, value)),
         }
+        Some(())
+    });
+    if members.is_none() {
+        return false;
     }
     p.ws();
     p.i == bytes.len()
@@ -78,27 +75,26 @@ impl<'a> Parser<'a> {
         hit
     }
 
-    /// Just inside an opening bracket: whether `close` follows at once
-    /// (the container is empty), past the whitespace.
+    /// The elements of an array or object, just inside its opening
+    /// bracket: `each` reads one element, then a comma (and whitespace)
+    /// leads to the next and `close` ends them; `None` at anything else.
     #[inline]
-    fn empty(&mut self, close: u8) -> bool {
-        self.ws();
-        self.eat(close)
-    }
-
-    /// After an element: `Some(true)` at `close`, `Some(false)` past a
-    /// comma (and the whitespace after it), `None` at anything else.
-    #[inline]
-    fn next(&mut self, close: u8) -> Option<bool> {
+    fn elements(&mut self, close: u8, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.ws();
         if self.eat(close) {
-            return Some(true);
+            return Some(());
         }
-        if !self.eat(b',') {
-            return None;
+        loop {
+            each(self)?;
+            self.ws();
+            if self.eat(close) {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+            self.ws();
         }
-        self.ws();
-        Some(false)
     }
 
     /// A member's name and the colon after it, up to its value.
@@ -142,28 +138,20 @@ impl<'a> Parser<'a> {
             b'[' if depth < MAX_DEPTH => {
                 self.i += 1;
                 let mut items = Vec::new();
-                if !self.empty(b']') {
-                    loop {
-                        items.push(self.value(depth + 1)?);
-                        if self.next(b']')? {
-                            break;
-                        }
-                    }
-                }
+                self.elements(b']', |p| {
+                    items.push(p.value(depth + 1)?);
+                    Some(())
+                })?;
                 Some(Value::List(items))
             }
             b'{' if depth < MAX_DEPTH => {
                 self.i += 1;
                 let mut fields: Vec<(Box<str>, Value)> = Vec::with_capacity(8);
-                if !self.empty(b'}') {
-                    loop {
-                        let name = self.member_name()?;
-                        fields.push((name.into(), self.value(depth + 1)?));
-                        if self.next(b'}')? {
-                            break;
-                        }
-                    }
-                }
+                self.elements(b'}', |p| {
+                    let name = p.member_name()?;
+                    fields.push((name.into(), p.value(depth + 1)?));
+                    Some(())
+                })?;
                 Some(Value::Map(fields))
             }
             _ => None,
